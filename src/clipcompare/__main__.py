@@ -1,0 +1,3 @@
+from clipcompare.cli import main
+
+raise SystemExit(main())

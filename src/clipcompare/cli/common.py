@@ -1,0 +1,46 @@
+"""Argument helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from clipcompare.errors import UserError
+
+
+def add_model_args(p: argparse.ArgumentParser, default: tuple[str, ...]) -> None:
+    """``--model SPEC`` (repeatable) and ``--weights PATH`` (for a single model)."""
+    p.add_argument(
+        "--model", "-m", dest="models", action="append", metavar="SPEC",
+        help=f"model spec, repeatable (default: {' '.join(default)}); e.g. resnet50:IMAGENET1K_V2, "
+        "clip:ViT-B-32, clip:RN50=/path/RN50.pt",
+    )
+    p.add_argument("--weights", type=Path, metavar="PATH", help="local weights file for the (single) --model")
+    p.set_defaults(default_models=default)
+
+
+def model_specs(args: argparse.Namespace) -> list:
+    """Parsed specs from ``--model``/``--weights``; ``--weights`` applies to exactly one model."""
+    from dataclasses import replace
+
+    from clipcompare.models.spec import parse_spec
+
+    texts = args.models or list(args.default_models)
+    specs = [parse_spec(t) for t in texts]
+    if args.weights is not None:
+        if len(specs) != 1:
+            raise UserError("--weights needs exactly one --model")
+        specs = [replace(specs[0], path=args.weights, tag=None)]
+    return specs
+
+
+def csv_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")

@@ -1,0 +1,18 @@
+"""Model specs → loaded models → the classifier interface shared by every task."""
+
+from clipcompare.models.spec import ModelSpec, parse_spec
+
+__all__ = ["ModelSpec", "parse_spec", "ClassSet", "Classifier", "create_classifier", "load_model", "LoadedModel"]
+
+
+def __getattr__(name: str):
+    # torch-heavy modules load lazily so `clipcompare --help` stays instant
+    if name in ("ClassSet", "Classifier", "create_classifier"):
+        from clipcompare.models import classifier
+
+        return getattr(classifier, name)
+    if name in ("load_model", "LoadedModel"):
+        from clipcompare.models import loading
+
+        return getattr(loading, name)
+    raise AttributeError(name)

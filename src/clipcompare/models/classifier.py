@@ -1,0 +1,208 @@
+"""The one interface evaluation uses for both model kinds.
+
+A :class:`Classifier` turns a batch of preprocessed images into logits over a :class:`ClassSet`.
+A supervised model slices its 1000 ImageNet logits to the set's ImageNet indices (ImageNet-R/-A
+masking, the 10-class seed comparison, a user's ImageNet labels); a CLIP model builds (or loads)
+its zero-shot head for the set's names. Callers never branch on the model kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from clipcompare.errors import UserError
+from clipcompare.models.loading import LoadedModel, Preprocess, load_model
+from clipcompare.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """The classes being scored: display/prompt names, plus ImageNet indices when they are ImageNet classes."""
+
+    names: tuple[str, ...]
+    imagenet_indices: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.imagenet_indices is not None and len(self.imagenet_indices) != len(self.names):
+            raise ValueError("imagenet_indices must match names one to one")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def imagenet(cls, indices: Sequence[int] | None = None) -> "ClassSet":
+        """ImageNet classes (all 1000, or a subset such as ImageNet-R's 200) with CLIP's edited names."""
+        from clipcompare.imagenet import imagenet_classes
+
+        classes = imagenet_classes()
+        idx = tuple(range(1000)) if indices is None else tuple(int(i) for i in indices)
+        return cls(tuple(classes[i].clip_name for i in idx), idx)
+
+    @classmethod
+    def from_labels(cls, labels: Sequence[str]) -> "ClassSet":
+        """User labels; mapped to ImageNet indices when every label names an ImageNet class.
+
+        A label matches a class by wnid, CLIP's class name, or a WordNet lemma (case-insensitive);
+        a lemma shared by two classes (``crane``) is ambiguous and does not map.
+        """
+        from clipcompare.imagenet.classes import imagenet_classes, index_of_wnid
+
+        classes = imagenet_classes()
+        lookup: dict[str, set[int]] = {}
+        for c in classes:
+            for key in {c.clip_name, *c.lemmas}:
+                lookup.setdefault(key.lower(), set()).add(c.index)
+        names = tuple(label.strip() for label in labels if label.strip())
+        if not names:
+            raise UserError("no labels given")
+        indices: list[int] = []
+        for name in names:
+            wnid_idx = index_of_wnid(name)
+            hits = {wnid_idx} if wnid_idx is not None else lookup.get(name.lower(), set())
+            if len(hits) != 1:
+                return cls(names, None)
+            indices.append(hits.pop())
+        # wnids are not good prompts: show and prompt with CLIP's class name instead
+        shown = tuple(classes[i].clip_name if index_of_wnid(n) is not None else n for n, i in zip(names, indices))
+        return cls(shown, tuple(indices))
+
+    @property
+    def key(self) -> str:
+        """Stable identity for caching."""
+        blob = "\n".join(self.names) + "|" + ",".join(map(str, self.imagenet_indices or ()))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Classifier(ABC):
+    """A model that scores images against a :class:`ClassSet`."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.spec: ModelSpec = loaded.spec
+        self.name: str = loaded.spec.name
+        self.preprocess: Preprocess = loaded.preprocess
+
+    @property
+    def pretrained(self) -> bool:
+        return self.loaded.pretrained
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Classifier":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    @abstractmethod
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The image representation before the class head."""
+
+    @abstractmethod
+    def logits(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
+        """Logits [B, len(classes)] for a batch of preprocessed images."""
+
+    def supports(self, classes: ClassSet) -> str | None:
+        """None if ``classes`` can be scored, else the reason why not."""
+        return None
+
+
+class SupervisedClassifier(Classifier):
+    """A 1000-way ImageNet classifier; its logits are sliced to the requested classes."""
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def supports(self, classes: ClassSet) -> str | None:
+        if classes.imagenet_indices is None:
+            return f"{self.name} only knows the 1000 ImageNet classes and these labels are not all ImageNet classes"
+        return None
+
+    def logits(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
+        reason = self.supports(classes)
+        if reason:
+            raise UserError(reason)
+        out = self.model(images)
+        idx = torch.as_tensor(classes.imagenet_indices, device=out.device)
+        return out.index_select(1, idx)
+
+
+class ClipClassifier(Classifier):
+    """A CLIP model used zero-shot: logits = the model's logit scale × cosine similarity."""
+
+    def __init__(self, loaded: LoadedModel, templates: str = "openai", cache_dir: Path | None = None) -> None:
+        from clipcompare.zeroshot import load_templates
+
+        super().__init__(loaded)
+        self.template_set = templates
+        self.templates = load_templates(templates)
+        self.cache_dir = cache_dir
+        self._heads: dict[str, torch.Tensor] = {}
+        self.tokenizer = loaded.tokenizer
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().item())
+
+    @property
+    def model_id(self) -> str:
+        """Identity of model *and* weights, for the head cache."""
+        from clipcompare.models.hashing import weights_fingerprint
+
+        return f"{self.name}#{weights_fingerprint(self.model)}"
+
+    def head(self, classes: ClassSet) -> torch.Tensor:
+        """Zero-shot weights [D, C] for ``classes`` (memory, then disk cache, then built)."""
+        from clipcompare.zeroshot import cached_head
+
+        if classes.key not in self._heads:
+            self._heads[classes.key] = cached_head(
+                self.model, self.tokenizer, classes.names, self.templates,
+                model_id=self.model_id, cache_dir=self.cache_dir, device=self.device,
+            )
+        return self._heads[classes.key]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(images).float(), dim=-1)
+
+    def logits(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
+        head = self.head(classes)
+        feats = self.features(images)
+        return self.logit_scale * feats @ head.to(feats.dtype)
+
+    def cosine(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
+        """Raw cosine similarities (no temperature), for ``--raw-cosine``."""
+        head = self.head(classes)
+        feats = self.features(images)
+        return feats @ head.to(feats.dtype)
+
+
+def create_classifier(
+    spec: ModelSpec | str,
+    *,
+    templates: str = "openai",
+    cache_dir: Path | None = None,
+    allow_random: bool = False,
+    device: str | torch.device = "cpu",
+) -> Classifier:
+    """Explicit factory: spec → the right :class:`Classifier`, weights loaded."""
+    from clipcompare.models.spec import parse_spec
+
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    loaded = load_model(spec, allow_random=allow_random, device=device)
+    if spec.family == "clip":
+        return ClipClassifier(loaded, templates=templates, cache_dir=cache_dir)
+    return SupervisedClassifier(loaded)

@@ -1,0 +1,233 @@
+"""Load supervised (torchvision) and CLIP (open_clip) models from specs.
+
+Pretrained weights come from the usual caches (torch hub, Hugging Face hub, ``~/.cache/clip``) or
+are downloaded by torchvision/open_clip; local files are loaded directly. When weights are neither
+cached nor downloadable, :class:`MissingWeightsError` names the file, where it comes from and
+where to put it. With ``allow_random=True`` the architecture is built with random weights instead
+(``LoadedModel.pretrained`` is then False), which is what ``inspect`` and the tests use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from clipcompare.errors import MissingWeightsError, UserError
+from clipcompare.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+Preprocess = Callable[[Any], torch.Tensor]
+
+
+@dataclass
+class LoadedModel:
+    """A model with the preprocessing that belongs to its weights (and a tokenizer for CLIP)."""
+
+    spec: ModelSpec
+    model: nn.Module
+    preprocess: Preprocess
+    tokenizer: Callable[..., torch.Tensor] | None = None
+    pretrained: bool = True
+    weights_file: str | None = None
+
+
+_CONFIGS_REGISTERED = False
+
+
+def register_tiny_configs() -> None:
+    """Make the package's tiny open_clip configs (``tiny-RN-quickgelu``, ``tiny-ViT``) loadable.
+
+    They are real CLIP architectures at toy size, for tests and CPU dry runs of every command.
+    """
+    global _CONFIGS_REGISTERED
+    if not _CONFIGS_REGISTERED:
+        import open_clip
+
+        open_clip.add_model_config(Path(__file__).parent / "configs")
+        _CONFIGS_REGISTERED = True
+
+
+def load_model(spec: ModelSpec, *, allow_random: bool = False, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load either family; the single entry point the rest of the package uses."""
+    loader = load_clip if spec.family == "clip" else load_torchvision
+    loaded = loader(spec, allow_random=allow_random)
+    loaded.model.eval().to(device)
+    return loaded
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _torchvision_weights(arch: str, tag: str | None):
+    from torchvision import models
+
+    try:
+        enum = models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        known = ", ".join(sorted(models.list_models(module=models)))
+        raise UserError(f"unknown torchvision classification model {arch!r}; known: {known}") from None
+    if tag is None:
+        return enum.DEFAULT
+    try:
+        return enum[tag]
+    except KeyError:
+        raise UserError(
+            f"{arch} has no weights {tag!r}; available: {', '.join(w.name for w in enum)}"
+        ) from None
+
+
+def load_torchvision(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
+    """torchvision classifier with its weights' own transforms (V1: 256→224, V2: 232→224)."""
+    from torchvision import models
+
+    weights = _torchvision_weights(spec.arch, spec.tag or ("IMAGENET1K_V1" if spec.path else None))
+    model = models.get_model(spec.arch, weights=None)
+    preprocess = weights.transforms()
+    if spec.path is not None:
+        state = _load_state_dict_file(spec.path)
+        _load_strict(model, state, spec.path)
+        return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(spec.path))
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=False)
+    except Exception as exc:  # no cache and no network: any download error means the same to the user
+        filename = os.path.basename(weights.url)
+        target = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        err = MissingWeightsError(
+            f"weights for {spec.name} not found: need {filename} (from {weights.url}); "
+            f"put it at {target} or pass {spec.arch}=/path/{filename} (or --weights PATH)"
+        )
+        if not allow_random:
+            raise err from exc
+        log.warning("%s; using random initialisation", err)
+        return LoadedModel(spec, model, preprocess, pretrained=False)
+    model.load_state_dict(state)
+    return LoadedModel(
+        spec, model, preprocess, pretrained=True,
+        weights_file=str(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)),
+    )
+
+
+def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} does not hold a state_dict")
+    # checkpoints saved from DataParallel/DDP prefix every key with "module."
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise UserError(f"{path} does not match the model's architecture ({first})") from None
+
+
+# --------------------------------------------------------------------------- open_clip
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's released .pt files are TorchScript archives (zip with a ``code/`` folder)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in n or n.startswith("code/") for n in zf.namelist())
+
+
+def _clip_arch(spec: ModelSpec, quick_gelu: bool) -> tuple[str, bool]:
+    """The open_clip config name and whether QuickGELU must be forced onto it."""
+    import open_clip
+
+    register_tiny_configs()
+    arch = spec.arch
+    if arch not in open_clip.list_models():
+        raise UserError(f"unknown open_clip model {arch!r}; see `python -m open_clip list_models` or use e.g. RN50, ViT-B-32")
+    force = quick_gelu and not arch.endswith("-quickgelu")
+    return arch, force
+
+
+def _cached_openai_file(url: str) -> Path | None:
+    """OpenAI's own clip package (and open_clip's URL path) cache to ~/.cache/clip/<name>.pt."""
+    if not url:
+        return None
+    candidate = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+    return candidate if candidate.is_file() else None
+
+
+def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
+    """open_clip model + preprocess + tokenizer; QuickGELU forced for weights trained with it."""
+    import open_clip
+
+    register_tiny_configs()
+    tag_cfg: dict = {}
+    weights_file: str | None = None
+    if spec.path is not None:
+        if not spec.path.is_file():
+            raise UserError(f"weights file not found: {spec.path}")
+        # OpenAI checkpoints were trained with QuickGELU; a plain config would load but be wrong.
+        quick = _is_torchscript(spec.path) or spec.arch.endswith("-quickgelu")
+        weights_file = str(spec.path)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(spec.arch)
+        if spec.arch in open_clip.list_models() and spec.tag not in tags:
+            raise UserError(f"{spec.arch} has no pretrained tag {spec.tag!r}; available: {', '.join(tags) or 'none'}")
+        tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) or {}
+        quick = bool(tag_cfg.get("quick_gelu", False))
+    arch, force = _clip_arch(spec, quick)
+
+    if weights_file is None:
+        cached = _cached_openai_file(tag_cfg.get("url", ""))
+        try:
+            weights_file = str(cached) if cached else open_clip.download_pretrained(tag_cfg)
+        except Exception as exc:
+            err = _missing_clip_weights(spec, tag_cfg)
+            if not allow_random:
+                raise err from exc
+            log.warning("%s; using random initialisation", err)
+
+    kwargs = dict(force_quick_gelu=force)
+    if tag_cfg:
+        # preprocessing (mean/std/interpolation) belongs to the tag even when we load the file ourselves
+        kwargs.update(
+            image_mean=tag_cfg.get("mean"), image_std=tag_cfg.get("std"),
+            image_interpolation=tag_cfg.get("interpolation"), image_resize_mode=tag_cfg.get("resize_mode"),
+        )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights_file, **kwargs)
+    except RuntimeError as exc:
+        if weights_file is None:
+            raise
+        raise UserError(f"{weights_file} does not match {arch}: {str(exc).splitlines()[0]}") from None
+    tokenizer = open_clip.get_tokenizer(arch)
+    return LoadedModel(spec, model, preprocess, tokenizer, pretrained=weights_file is not None, weights_file=weights_file)
+
+
+def _missing_clip_weights(spec: ModelSpec, cfg: dict) -> MissingWeightsError:
+    url = cfg.get("url", "")
+    hub = cfg.get("hf_hub", "")
+    sources = " or ".join(s for s in (url, f"Hugging Face hub {hub.rstrip('/')}" if hub else "") if s)
+    filename = os.path.basename(url) if url else "open_clip_pytorch_model.bin"
+    where = Path(os.path.expanduser("~/.cache/clip")) / filename if url else "the Hugging Face cache (HF_HOME)"
+    return MissingWeightsError(
+        f"weights for {spec.name} not found: need {filename} (from {sources or 'open_clip'}); "
+        f"put it at {where} or pass clip:{spec.arch}=/path/{filename} (or --weights PATH)"
+    )

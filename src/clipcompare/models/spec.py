@@ -1,0 +1,86 @@
+"""Model specs as typed on the command line, parsed into a small dataclass.
+
+Grammar::
+
+    resnet50                      torchvision resnet50, default weights (IMAGENET1K_V1)
+    resnet50:IMAGENET1K_V2        torchvision weights enum member
+    resnet50=/path/weights.pth    local torchvision state_dict
+    clip:RN50                     open_clip RN50 with the ``openai`` tag (QuickGELU)
+    clip:ViT-B-32@laion2b_s34b_b79k
+    clip:RN50=/path/RN50.pt       local OpenAI TorchScript or open_clip .bin/.safetensors
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from clipcompare.errors import UserError
+
+Family = Literal["torchvision", "clip"]
+
+DEFAULT_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
+DEFAULT_CLIP_TAG = "openai"
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: a family, an architecture, and either a pretrained tag or a local file."""
+
+    family: Family
+    arch: str
+    tag: str | None = None
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """Canonical display name, e.g. ``resnet50:IMAGENET1K_V1`` or ``clip:RN50@openai``."""
+        if self.family == "clip":
+            base = f"clip:{self.arch}"
+            if self.path is not None:
+                return f"{base}={self.path.name}"
+            return f"{base}@{self.tag}" if self.tag else base
+        if self.path is not None:
+            return f"{self.arch}={self.path.name}"
+        return f"{self.arch}:{self.tag}" if self.tag else self.arch
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Parse a model spec string; raise :class:`UserError` with a one-line reason if malformed."""
+    raw = text.strip()
+    if not raw:
+        raise UserError("empty model spec")
+    path: Path | None = None
+    if "=" in raw:
+        raw, _, file = raw.partition("=")
+        if not file:
+            raise UserError(f"model spec {text!r}: nothing after '='; expected a weights file path")
+        path = Path(file).expanduser()
+    if raw.startswith("clip:"):
+        body = raw[len("clip:"):]
+        arch, _, tag = body.partition("@")
+        if not arch:
+            raise UserError(f"model spec {text!r}: missing architecture after 'clip:' (e.g. clip:RN50)")
+        _check_name(arch, text)
+        if tag and path is not None:
+            raise UserError(f"model spec {text!r}: give either a pretrained tag (@tag) or a file (=path), not both")
+        return ModelSpec("clip", arch, tag=(tag or (None if path else DEFAULT_CLIP_TAG)), path=path)
+    arch, _, tag = raw.partition(":")
+    _check_name(arch, text)
+    if tag and path is not None:
+        raise UserError(f"model spec {text!r}: give either weights (:NAME) or a file (=path), not both")
+    if tag:
+        _check_name(tag, text)
+    return ModelSpec("torchvision", arch, tag=(tag or (None if path else DEFAULT_TORCHVISION_WEIGHTS)), path=path)
+
+
+def _check_name(name: str, text: str) -> None:
+    if not _NAME.match(name):
+        raise UserError(f"model spec {text!r}: {name!r} is not a valid model or weights name")
