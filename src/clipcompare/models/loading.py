@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from clipcompare.errors import MissingWeightsError, UserError
-from clipcompare.models.spec import ModelSpec
+from clipcompare.models.spec import DEFAULT_CLIP_TAG, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +97,13 @@ def load_torchvision(spec: ModelSpec, *, allow_random: bool = False) -> LoadedMo
         state = _load_state_dict_file(spec.path)
         _load_strict(model, state, spec.path)
         return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(spec.path))
+    filename = os.path.basename(weights.url)
+    target = Path(torch.hub.get_dir()) / "checkpoints" / filename
     try:
+        if not target.is_file():
+            _require_network(weights.url)
         state = weights.get_state_dict(progress=False, check_hash=False)
     except Exception as exc:  # no cache and no network: any download error means the same to the user
-        filename = os.path.basename(weights.url)
-        target = Path(torch.hub.get_dir()) / "checkpoints" / filename
         err = MissingWeightsError(
             f"weights for {spec.name} not found: need {filename} (from {weights.url}); "
             f"put it at {target} or pass {spec.arch}=/path/{filename} (or --weights PATH)"
@@ -109,10 +113,7 @@ def load_torchvision(spec: ModelSpec, *, allow_random: bool = False) -> LoadedMo
         log.warning("%s; using random initialisation", err)
         return LoadedModel(spec, model, preprocess, pretrained=False)
     model.load_state_dict(state)
-    return LoadedModel(
-        spec, model, preprocess, pretrained=True,
-        weights_file=str(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)),
-    )
+    return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(target))
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -165,12 +166,40 @@ def _clip_arch(spec: ModelSpec, quick_gelu: bool) -> tuple[str, bool]:
     return arch, force
 
 
-def _cached_openai_file(url: str) -> Path | None:
-    """OpenAI's own clip package (and open_clip's URL path) cache to ~/.cache/clip/<name>.pt."""
-    if not url:
-        return None
-    candidate = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-    return candidate if candidate.is_file() else None
+def _cached_clip_file(cfg: dict) -> str | None:
+    """A tag's weights already on disk: ~/.cache/clip/<name>.pt (OpenAI's clip package and
+    open_clip's URL downloads) or the Hugging Face cache, looked up without any network."""
+    url = cfg.get("url", "")
+    if url:
+        candidate = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if candidate.is_file():
+            return str(candidate)
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        repo, filename = os.path.split(hub)
+        for name in ([filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]):
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return found
+    return None
+
+
+def _require_network(url: str) -> None:
+    """Fail at once when the download host does not resolve.
+
+    Without this, huggingface_hub retries with back-off for ~45 s per file before giving up,
+    which is what an offline user would otherwise wait for every missing model.
+    """
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and "huggingface" in url:
+        raise OSError("HF_HUB_OFFLINE=1")
+    host = urlparse(url).hostname or url
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise OSError(f"cannot reach {host}: {exc}") from exc
 
 
 def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
@@ -180,31 +209,47 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
     register_tiny_configs()
     tag_cfg: dict = {}
     weights_file: str | None = None
+    torchscript = False
     if spec.path is not None:
         if not spec.path.is_file():
             raise UserError(f"weights file not found: {spec.path}")
+        torchscript = _is_torchscript(spec.path)
         # OpenAI checkpoints were trained with QuickGELU; a plain config would load but be wrong.
-        quick = _is_torchscript(spec.path) or spec.arch.endswith("-quickgelu")
+        quick = torchscript or spec.arch.endswith("-quickgelu")
         weights_file = str(spec.path)
     else:
         tags = open_clip.list_pretrained_tags_by_model(spec.arch)
-        if spec.arch in open_clip.list_models() and spec.tag not in tags:
+        if spec.tag is None and tags:
+            spec = replace(spec, tag=DEFAULT_CLIP_TAG if DEFAULT_CLIP_TAG in tags else tags[0])
+        if spec.tag is not None and spec.tag not in tags and spec.arch in open_clip.list_models():
             raise UserError(f"{spec.arch} has no pretrained tag {spec.tag!r}; available: {', '.join(tags) or 'none'}")
-        tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) or {}
+        if spec.tag is not None:
+            tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) or {}
         quick = bool(tag_cfg.get("quick_gelu", False))
     arch, force = _clip_arch(spec, quick)
 
-    if weights_file is None:
-        cached = _cached_openai_file(tag_cfg.get("url", ""))
+    if weights_file is None and not tag_cfg:
+        err = MissingWeightsError(f"{spec.name} has no pretrained weights in open_clip; pass clip:{spec.arch}=/path/weights")
+        if not allow_random:
+            raise err
+        log.warning("%s; using random initialisation", err)
+    elif weights_file is None:
+        weights_file = _cached_clip_file(tag_cfg)
         try:
-            weights_file = str(cached) if cached else open_clip.download_pretrained(tag_cfg)
+            if weights_file is None:
+                # open_clip prefers the HF hub when huggingface_hub is installed
+                prefers_hub = bool(tag_cfg.get("hf_hub")) and open_clip.pretrained.has_hf_hub()
+                _require_network("https://huggingface.co" if prefers_hub else tag_cfg.get("url", ""))
+                weights_file = open_clip.download_pretrained(tag_cfg)
         except Exception as exc:
             err = _missing_clip_weights(spec, tag_cfg)
             if not allow_random:
                 raise err from exc
             log.warning("%s; using random initialisation", err)
 
-    kwargs = dict(force_quick_gelu=force)
+    # TorchScript archives cannot be read with weights_only=True; torch.load hands them to
+    # torch.jit.load, which restores tensors and TorchScript code but runs no pickled Python.
+    kwargs: dict[str, Any] = dict(force_quick_gelu=force, weights_only=not torchscript)
     if tag_cfg:
         # preprocessing (mean/std/interpolation) belongs to the tag even when we load the file ourselves
         kwargs.update(

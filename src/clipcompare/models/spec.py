@@ -5,7 +5,8 @@ Grammar::
     resnet50                      torchvision resnet50, default weights (IMAGENET1K_V1)
     resnet50:IMAGENET1K_V2        torchvision weights enum member
     resnet50=/path/weights.pth    local torchvision state_dict
-    clip:RN50                     open_clip RN50 with the ``openai`` tag (QuickGELU)
+    clip:RN50                     open_clip RN50 with the ``openai`` tag (QuickGELU); models
+                                  without an openai tag get their first listed tag
     clip:ViT-B-32@laion2b_s34b_b79k
     clip:RN50=/path/RN50.pt       local OpenAI TorchScript or open_clip .bin/.safetensors
 """
@@ -71,7 +72,8 @@ def parse_spec(text: str) -> ModelSpec:
         _check_name(arch, text)
         if tag and path is not None:
             raise UserError(f"model spec {text!r}: give either a pretrained tag (@tag) or a file (=path), not both")
-        return ModelSpec("clip", arch, tag=(tag or (None if path else DEFAULT_CLIP_TAG)), path=path)
+        # no tag: the loader picks DEFAULT_CLIP_TAG when the model has it, else its first tag
+        return ModelSpec("clip", arch, tag=tag or None, path=path)
     arch, _, tag = raw.partition(":")
     _check_name(arch, text)
     if tag and path is not None:

@@ -1,0 +1,90 @@
+"""Zero-shot (CLIP) and supervised (ResNet-50) top-k classification of a few images."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from clipcompare.errors import UserError
+from clipcompare.models.classifier import ClassSet, Classifier, ClipClassifier
+
+log = logging.getLogger(__name__)
+
+# The seed notebooks' 10-class comparison: all ImageNet classes, so both models can take part.
+SEED_LABELS: tuple[str, ...] = (
+    "bald eagle", "axolotl", "common iguana", "Indian cobra", "peacock",
+    "scorpion", "centipede", "black swan", "French bulldog", "leopard",
+)
+
+
+@dataclass
+class Prediction:
+    label: str
+    prob: float
+    imagenet_index: int | None = None
+
+
+@dataclass
+class ImageResult:
+    path: str
+    predictions: dict[str, list[Prediction]] = field(default_factory=dict)
+
+
+def open_images(paths: Sequence[Path]) -> list[Image.Image]:
+    """Decode every image up front, so a bad path fails before any model is loaded."""
+    images = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise UserError(f"image not found: {p}")
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        except Exception as exc:  # PIL raises many types for corrupt or non-image files
+            raise UserError(f"cannot read image {p}: {exc.__class__.__name__}: {exc}") from None
+    return images
+
+
+@torch.inference_mode()
+def classify(
+    classifiers: Sequence[Classifier],
+    paths: Sequence[Path],
+    classes: ClassSet,
+    *,
+    top_k: int = 5,
+    raw_cosine: bool = False,
+) -> tuple[list[ImageResult], list[str]]:
+    """Top-k predictions per image and model, plus notes (models skipped and why)."""
+    images = open_images(paths)
+    results = [ImageResult(str(p)) for p in paths]
+    notes: list[str] = []
+    k = min(top_k, len(classes))
+    for clf in classifiers:
+        reason = clf.supports(classes)
+        if reason:
+            notes.append(f"skipped {clf.name}: {reason}")
+            continue
+        batch = torch.stack([clf.preprocess(im) for im in images]).to(clf.device, clf.dtype)
+        if raw_cosine and isinstance(clf, ClipClassifier):
+            scores = clf.cosine(batch, classes)
+        else:
+            scores = clf.logits(batch, classes)
+        probs = scores.float().softmax(dim=-1)
+        top = probs.topk(k, dim=-1)
+        for res, vals, idxs in zip(results, top.values.tolist(), top.indices.tolist()):
+            res.predictions[clf.name] = [
+                Prediction(
+                    classes.names[i], v,
+                    classes.imagenet_indices[i] if classes.imagenet_indices is not None else None,
+                )
+                for v, i in zip(vals, idxs)
+            ]
+    return results, notes
+
+
+def results_to_dict(results: Sequence[ImageResult]) -> list[dict]:
+    return [asdict(r) for r in results]

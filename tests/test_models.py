@@ -1,0 +1,222 @@
+"""Model specs, loading from every supported weights format, and the missing-weights error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipcompare.cli import main
+from clipcompare.errors import MissingWeightsError, UserError
+from clipcompare.models.classifier import ClassSet, create_classifier
+from clipcompare.models.loading import load_model
+from clipcompare.models.spec import ModelSpec, parse_spec
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("resnet50", ModelSpec("torchvision", "resnet50", "IMAGENET1K_V1")),
+        ("resnet50:IMAGENET1K_V2", ModelSpec("torchvision", "resnet50", "IMAGENET1K_V2")),
+        ("resnet50=/w/r.pth", ModelSpec("torchvision", "resnet50", None, Path("/w/r.pth"))),
+        ("clip:RN50", ModelSpec("clip", "RN50", None)),
+        ("clip:ViT-B-32", ModelSpec("clip", "ViT-B-32", None)),
+        ("clip:ViT-B-32@laion2b_s34b_b79k", ModelSpec("clip", "ViT-B-32", "laion2b_s34b_b79k")),
+        ("clip:RN50=/path/RN50.pt", ModelSpec("clip", "RN50", None, Path("/path/RN50.pt"))),
+    ],
+)
+def test_parse_spec(text, expected):
+    assert parse_spec(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "clip:", "resnet50=", "clip:RN50@openai=/x.pt", "res net"])
+def test_parse_spec_rejects(bad):
+    with pytest.raises(UserError):
+        parse_spec(bad)
+
+
+def test_spec_names():
+    assert parse_spec("resnet50").name == "resnet50:IMAGENET1K_V1"
+    assert load_model(parse_spec("clip:RN50"), allow_random=True).spec.name == "clip:RN50@openai"
+
+
+def test_unknown_models_and_tags_are_user_errors():
+    for text in ["notamodel", "resnet50:IMAGENET9K", "clip:NoSuchCLIP", "clip:RN50@nosuchtag"]:
+        with pytest.raises(UserError):
+            load_model(parse_spec(text), allow_random=True)
+
+
+def _images(n=2, size=224):
+    torch.manual_seed(1)
+    return torch.randn(n, 3, size, size)
+
+
+def test_torchvision_state_dict_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    ref = load_model(parse_spec("resnet18"), allow_random=True).model
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    loaded = load_model(parse_spec(f"resnet18={path}"))
+    assert loaded.pretrained and loaded.weights_file == str(path)
+    x = _images()
+    with torch.no_grad():
+        assert torch.equal(ref(x), loaded.model(x))
+    # DDP-style "module." prefixes and {"state_dict": ...} wrappers load too
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, wrapped)
+    with torch.no_grad():
+        assert torch.equal(ref(x), load_model(parse_spec(f"resnet18={wrapped}")).model(x))
+
+
+def test_torchvision_preprocessing_follows_weights():
+    v1 = load_model(parse_spec("resnet18:IMAGENET1K_V1"), allow_random=True).preprocess
+    v2 = load_model(parse_spec("resnet50:IMAGENET1K_V2"), allow_random=True).preprocess
+    assert (v1.resize_size, v1.crop_size) == ([256], [224])
+    assert (v2.resize_size, v2.crop_size) == ([232], [224])
+
+
+def test_mismatched_state_dict_is_a_user_error(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(load_model(parse_spec("resnet18"), allow_random=True).model.state_dict(), path)
+    with pytest.raises(UserError, match="does not match"):
+        load_model(parse_spec(f"resnet34={path}"))
+
+
+class _OpenAIArchive(torch.nn.Module):
+    """Mimics OpenAI's released .pt files: a TorchScript archive of the whole CLIP model whose
+    state_dict has the CLIP keys plus input_resolution/context_length/vocab_size, in fp16."""
+
+    def __init__(self, model: torch.nn.Module, image_size: int):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        self.register_buffer("input_resolution", torch.tensor(image_size))
+        self.register_buffer("context_length", torch.tensor(77))
+        self.register_buffer("vocab_size", torch.tensor(49408))
+
+    def forward(self, x):
+        return self.logit_scale * x
+
+
+def save_openai_torchscript(model: torch.nn.Module, path: Path, image_size: int = 64) -> torch.nn.Module:
+    """Write ``model`` as an OpenAI-style archive; return the fp32 model the file equals exactly."""
+    import copy
+
+    half = copy.deepcopy(model).half()
+    torch.jit.save(torch.jit.trace(_OpenAIArchive(half, image_size), torch.ones(1, dtype=torch.half)), str(path))
+    return copy.deepcopy(half).float()
+
+
+def _clip_outputs(model, size=64):
+    tok = open_clip.get_tokenizer("RN50")(["a photo of a dog.", "a cat"])
+    with torch.no_grad():
+        return model.encode_image(_images(2, size)), model.encode_text(tok)
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors", "torchscript"])
+def test_clip_checkpoint_roundtrip(tmp_path, tiny_clip, fmt):
+    ref = tiny_clip.model
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    if fmt == "bin":
+        path = tmp_path / "open_clip_pytorch_model.bin"
+        torch.save(state, path)
+    elif fmt == "safetensors":
+        path = tmp_path / "open_clip_model.safetensors"
+        save_file(state, str(path))
+    else:
+        path = tmp_path / "tiny.pt"
+        ref = save_openai_torchscript(ref, path)
+    loaded = load_model(parse_spec(f"clip:tiny-RN-quickgelu={path}"))
+    assert loaded.pretrained
+    for a, b in zip(_clip_outputs(ref), _clip_outputs(loaded.model)):
+        assert torch.equal(a, b)
+
+
+def test_openai_torchscript_forces_quickgelu(tmp_path, tiny_clip):
+    """A plain (GELU) config + an OpenAI TorchScript file must come out with QuickGELU."""
+    cfg = json.loads((Path(__file__).parents[1] / "src/clipcompare/models/configs/tiny-RN-quickgelu.json").read_text())
+    cfg.pop("quick_gelu")
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "tiny-RN-gelu.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(cfg_dir)
+    path = tmp_path / "openai.pt"
+    ref = save_openai_torchscript(tiny_clip.model, path)
+    loaded = load_model(parse_spec(f"clip:tiny-RN-gelu={path}"))
+    acts = {type(m).__name__ for m in loaded.model.modules()}
+    assert "QuickGELU" in acts
+    for a, b in zip(_clip_outputs(ref), _clip_outputs(loaded.model)):
+        assert torch.equal(a, b)
+
+
+def test_openai_tag_is_loaded_with_quickgelu():
+    loaded = load_model(parse_spec("clip:RN50"), allow_random=True)
+    assert not loaded.pretrained
+    assert any(type(m).__name__ == "QuickGELU" for m in loaded.model.modules())
+    # the tag's preprocessing: OpenAI mean/std, bicubic
+    norm = loaded.preprocess.transforms[-1]
+    assert tuple(round(x, 4) for x in norm.mean) == (0.4815, 0.4578, 0.4082)
+
+
+@pytest.mark.parametrize(
+    "spec, filename",
+    [("resnet50", "resnet50-0676ba61.pth"), ("resnet50:IMAGENET1K_V2", "resnet50-11ad3fa6.pth"), ("clip:RN50", "RN50.pt")],
+)
+def test_missing_weights_message(spec, filename):
+    with pytest.raises(MissingWeightsError) as err:
+        load_model(parse_spec(spec))
+    msg = str(err.value)
+    assert filename in msg and "put it at" in msg and "\n" not in msg
+
+
+def test_missing_weights_cli_exit_code(tmp_path, capsys):
+    from helpers import make_image
+
+    img = make_image(tmp_path / "x.jpg")
+    assert main(["classify", str(img), "--model", "clip:RN50"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RN50.pt" in err[0] and "Traceback" not in err[0]
+
+
+def test_cached_weights_are_found_without_network(tmp_path, tiny_clip, monkeypatch):
+    """A file put where the message says (~/.cache/clip) is picked up for the tag."""
+    import os
+
+    import clipcompare.models.loading as loading
+
+    cache = Path(os.path.expanduser("~/.cache/clip"))
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_clip.model.state_dict(), cache / "tiny.pt")
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: {"url": "https://x.invalid/tiny.pt", "quick_gelu": True})
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda arch: ["mytag"])
+    loaded = loading.load_model(parse_spec("clip:tiny-RN-quickgelu@mytag"))
+    assert loaded.pretrained and loaded.weights_file == str(cache / "tiny.pt")
+
+
+def test_weights_flag_applies_to_single_model(tmp_path, capsys):
+    assert main(["classify", "x.jpg", "--model", "resnet50", "--model", "clip:RN50", "--weights", "w.pth"]) == 2
+
+
+def test_supervised_classifier_slices_imagenet_logits():
+    torch.manual_seed(0)
+    clf = create_classifier("resnet18", allow_random=True)
+    x = _images(2)
+    classes = ClassSet.imagenet([1, 5, 999])
+    with torch.no_grad():
+        full = clf.model(x)
+        assert torch.equal(clf.logits(x, classes), full[:, [1, 5, 999]])
+    assert clf.supports(ClassSet(("dog", "cat"))) is not None
+
+
+def test_classset_from_labels():
+    cs = ClassSet.from_labels(["bald eagle", "leopard", "n02102040"])
+    assert cs.imagenet_indices == (22, 288, 217)
+    assert cs.names[2] == "English Springer Spaniel"
+    assert ClassSet.from_labels(["crane", "dog"]).imagenet_indices is None  # 'crane' is ambiguous
+    assert ClassSet.from_labels(["crane bird", "construction crane"]).imagenet_indices == (134, 517)
