@@ -1,0 +1,150 @@
+"""Zero-shot heads: equal to open_clip's reference, cached on disk, scaled by the model's logit scale."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from clipcompare.cli import main
+from clipcompare.errors import UserError
+from clipcompare.models.classifier import ClassSet, ClipClassifier
+from clipcompare.models.loading import load_model
+from clipcompare.models.spec import parse_spec
+from clipcompare.zeroshot import build_head, cached_head, head_cache_key, load_templates
+
+NAMES = ["bald eagle", "axolotl", "common iguana", "French bulldog", "a very long class name with many words in it"]
+
+
+@pytest.mark.parametrize("arch", ["tiny-RN-quickgelu", "tiny-ViT"])
+@pytest.mark.parametrize("templates", ["single", "openai"])
+def test_trimmed_head_equals_open_clip(arch, templates):
+    torch.manual_seed(0)
+    loaded = load_model(parse_spec(f"clip:{arch}"), allow_random=True)
+    temps = load_templates(templates)
+    ours = build_head(loaded.model, loaded.tokenizer, NAMES, temps, batch_size=64)
+    with torch.no_grad():
+        ref = open_clip.build_zero_shot_classifier(loaded.model, loaded.tokenizer, NAMES, temps)
+    assert ours.shape == ref.shape == (64, len(NAMES))
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+
+def test_untrimmed_path_matches_too(tiny_clip):
+    temps = load_templates("single")
+    a = build_head(tiny_clip.model, tiny_clip.tokenizer, NAMES, temps, trim=False)
+    b = build_head(tiny_clip.model, tiny_clip.tokenizer, NAMES, temps, trim=True)
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_templates(tmp_path):
+    assert load_templates("single") == ["a photo of a {}."]
+    assert len(load_templates("openai")) == 80
+    f = tmp_path / "t.txt"
+    f.write_text("# comment\na sketch of a {}.\n\nart of the {}.\n")
+    assert load_templates(str(f)) == ["a sketch of a {}.", "art of the {}."]
+    f.write_text("no placeholder\n")
+    with pytest.raises(UserError):
+        load_templates(str(f))
+    with pytest.raises(UserError):
+        load_templates("nosuchset")
+
+
+def test_head_cache_roundtrip(tmp_path, tiny_clip, monkeypatch):
+    temps = load_templates("single")
+    first = cached_head(tiny_clip.model, tiny_clip.tokenizer, NAMES, temps, model_id="m#1", cache_dir=tmp_path)
+    assert len(list((tmp_path / "heads").glob("*.pt"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("the second run must load the cache")
+
+    monkeypatch.setattr("clipcompare.zeroshot.build_head", boom)
+    second = cached_head(tiny_clip.model, tiny_clip.tokenizer, NAMES, temps, model_id="m#1", cache_dir=tmp_path)
+    assert torch.equal(first, second)
+
+
+def test_cache_key_depends_on_model_templates_and_classes():
+    single, openai = load_templates("single"), load_templates("openai")
+    keys = {
+        head_cache_key("m#1", NAMES, single),
+        head_cache_key("m#2", NAMES, single),
+        head_cache_key("m#1", NAMES, openai),
+        head_cache_key("m#1", NAMES[:2], single),
+    }
+    assert len(keys) == 4
+    assert head_cache_key("m#1", NAMES, openai) == head_cache_key("m#1", NAMES, load_templates("openai"))
+
+
+def test_clip_logits_use_the_models_logit_scale(tiny_clip):
+    clf = ClipClassifier(tiny_clip, templates="single")
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 64, 64)
+    classes = ClassSet(tuple(NAMES))
+    with torch.no_grad():
+        img = tiny_clip.model.encode_image(x)
+        img = img / img.norm(dim=-1, keepdim=True)
+        expected = tiny_clip.model.logit_scale.exp() * img @ clf.head(classes)
+        assert torch.allclose(clf.logits(x, classes), expected, atol=1e-5)
+        assert torch.allclose(clf.cosine(x, classes) * tiny_clip.model.logit_scale.exp(), expected, atol=1e-5)
+
+
+def test_weights_change_the_model_id(tiny_clip):
+    a = ClipClassifier(tiny_clip, templates="single").model_id
+    torch.manual_seed(123)
+    other = load_model(parse_spec("clip:tiny-RN-quickgelu"), allow_random=True)
+    assert ClipClassifier(other, templates="single").model_id != a
+
+
+# ------------------------------------------------------------------ classify CLI
+
+
+def _classify_json(capsys, *args):
+    assert main(["classify", *args, "--json", "--allow-random", "--templates", "single"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_classify_imagenet_labels_both_models(image_folder, capsys):
+    img = next(image_folder.rglob("*.JPEG"))
+    out = _classify_json(capsys, str(img), "--labels", "bald eagle,leopard,axolotl", "--top", "2",
+                         "-m", "resnet18", "-m", "clip:tiny-RN-quickgelu")
+    preds = out["results"][0]["predictions"]
+    assert set(preds) == {"resnet18:IMAGENET1K_V1", "clip:tiny-RN-quickgelu"}
+    for p in preds.values():
+        assert len(p) == 2 and p[0]["prob"] >= p[1]["prob"]
+        assert {x["imagenet_index"] for x in p} <= {22, 288, 29}
+
+
+def test_classify_free_labels_skip_the_supervised_model(image_folder, capsys):
+    img = next(image_folder.rglob("*.JPEG"))
+    out = _classify_json(capsys, str(img), "--labels", "a red thing,a blue thing",
+                         "-m", "resnet18", "-m", "clip:tiny-RN-quickgelu")
+    assert list(out["results"][0]["predictions"]) == ["clip:tiny-RN-quickgelu"]
+    assert any("skipped resnet18" in n for n in out["notes"])
+
+
+def test_raw_cosine_is_a_plain_softmax_of_cosines(image_folder, capsys, tiny_clip):
+    img = sorted(image_folder.rglob("*.JPEG"))[0]
+    args = [str(img), "--labels", ",".join(NAMES), "--top", "5", "-m", "clip:tiny-RN-quickgelu"]
+    raw = _classify_json(capsys, *args, "--raw-cosine")["results"][0]["predictions"]["clip:tiny-RN-quickgelu"]
+    scaled = _classify_json(capsys, *args)["results"][0]["predictions"]["clip:tiny-RN-quickgelu"]
+    # with a logit scale > 1 the default distribution is sharper than the raw-cosine one
+    assert raw[0]["prob"] < scaled[0]["prob"]
+    assert sum(p["prob"] for p in raw) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_classify_bad_image_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    assert main(["classify", str(bad), "--allow-random"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.jpg" in err[0]
+    assert main(["classify", str(tmp_path / "missing.jpg")]) == 2
+
+
+def test_cli_usage_errors_are_one_line(capsys):
+    for argv in (["nosuchcommand"], ["classify"], ["classify", "x.jpg", "--top", "many"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
