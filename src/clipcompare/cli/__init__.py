@@ -16,7 +16,7 @@ from clipcompare import __version__
 from clipcompare.errors import UserError
 
 # subcommand modules, in the order `--help` lists them (the pipeline's order)
-COMMANDS: tuple[str, ...] = ("classify",)
+COMMANDS: tuple[str, ...] = ("synsets", "classify")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -63,3 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clipcompare: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `clipcompare ... | head`: the reader left; not an error worth a traceback
+        sys.stderr.close()
+        return 0

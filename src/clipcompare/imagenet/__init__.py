@@ -7,6 +7,16 @@ from clipcompare.imagenet.classes import (
     imagenet_classes,
     index_of_wnid,
 )
+from clipcompare.imagenet.wordnet import (
+    Synset,
+    class_distance,
+    class_distance_matrix,
+    classes_under,
+    hypernym_paths,
+    lowest_common_ancestor,
+    synset,
+    tree_distance,
+)
 
 __all__ = [
     "IMAGENET_A_INDICES",
@@ -14,4 +24,12 @@ __all__ = [
     "ImageNetClass",
     "imagenet_classes",
     "index_of_wnid",
+    "Synset",
+    "class_distance",
+    "class_distance_matrix",
+    "classes_under",
+    "hypernym_paths",
+    "lowest_common_ancestor",
+    "synset",
+    "tree_distance",
 ]
