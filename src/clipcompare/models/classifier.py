@@ -122,6 +122,11 @@ class Classifier(ABC):
 class SupervisedClassifier(Classifier):
     """A 1000-way ImageNet classifier; its logits are sliced to the requested classes."""
 
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__(loaded)
+        # built once per class set and device: a host→device copy per batch would stall CUDA
+        self._index: dict[tuple[str, torch.device], torch.Tensor] = {}
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
@@ -135,8 +140,10 @@ class SupervisedClassifier(Classifier):
         if reason:
             raise UserError(reason)
         out = self.model(images)
-        idx = torch.as_tensor(classes.imagenet_indices, device=out.device)
-        return out.index_select(1, idx)
+        key = (classes.key, out.device)
+        if key not in self._index:
+            self._index[key] = torch.as_tensor(classes.imagenet_indices, device=out.device)
+        return out.index_select(1, self._index[key])
 
 
 class ClipClassifier(Classifier):
@@ -153,8 +160,9 @@ class ClipClassifier(Classifier):
         self.tokenizer = loaded.tokenizer
 
     @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().item())
+    def logit_scale(self) -> torch.Tensor:
+        """exp(learned log-scale), as a 0-d tensor on the model's device (no host sync per batch)."""
+        return self.model.logit_scale.exp()
 
     @property
     def model_id(self) -> str:
@@ -180,7 +188,7 @@ class ClipClassifier(Classifier):
     def logits(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
         head = self.head(classes)
         feats = self.features(images)
-        return self.logit_scale * feats @ head.to(feats.dtype)
+        return self.logit_scale.float() * feats @ head.to(feats.dtype)
 
     def cosine(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
         """Raw cosine similarities (no temperature), for ``--raw-cosine``."""

@@ -1,0 +1,118 @@
+"""``clipcompare evaluate``: accuracy of every model on every dataset, into a resumable run directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from clipcompare.cli.common import add_model_args, model_specs, print_json
+
+DEFAULT_MODELS = ("resnet50", "clip:RN50")
+
+DATASET_HELP = (
+    "KIND=PATH, repeatable. Kinds: imagenet (val images in wnid folders), imagenet-v2 (folders 0..999), "
+    "imagenet-sketch (wnid folders), imagenet-r / imagenet-a (their 200 wnid folders; both models scored on "
+    "those 200 classes), folder (any class sub-folders; folder=PATH:MAPFILE renames them with a file of "
+    "'FOLDER<TAB>CLASS' lines or a JSON object; classes may be ImageNet wnids or names)"
+)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _default_workers() -> int:
+    # decoding runs in workers while the main process only feeds the device; leave it one core
+    return max(0, min(16, (os.cpu_count() or 1) - 1))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="top-1/top-5 accuracy of each model on each dataset (resumable)",
+        description="Evaluate every --model on every --dataset, decoding each image once. Predictions go to "
+        "RUN_DIR/predictions/<dataset>.parquet, metrics to RUN_DIR/metrics.json; running the same "
+        "command again continues an interrupted run.",
+    )
+    add_model_args(p, DEFAULT_MODELS)
+    p.add_argument("--dataset", "-d", dest="datasets", action="append", required=True, metavar="KIND=PATH",
+                   help=DATASET_HELP)
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="RUN_DIR", help="run directory (created)")
+    p.add_argument("--limit-per-class", type=_positive, metavar="N", help="first N images per class (sorted)")
+    p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per batch (default 32)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decoding processes; 0 decodes in the main process (default: cores - 1, at most 16)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--templates", default="openai", metavar="single|openai|FILE",
+                   help="CLIP prompt templates (default: openai's 80)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for models and inputs")
+    p.add_argument("--allow-random", action="store_true",
+                   help="use random weights when pretrained ones are missing (dry runs, tiny test models)")
+    p.add_argument("--chunk-size", type=_positive, default=2048, metavar="N",
+                   help="images per flushed part file, i.e. at most what an interruption loses (default 2048; "
+                   "a part is also flushed every 60 s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipcompare.evaluate import EvaluateOptions, evaluate
+
+    options = EvaluateOptions(
+        out=args.out, limit_per_class=args.limit_per_class, batch_size=args.batch_size,
+        workers=_default_workers() if args.workers is None else max(0, args.workers), device=args.device,
+        templates=args.templates, channels_last=args.channels_last, allow_random=args.allow_random,
+        chunk_size=args.chunk_size, progress=args.progress, command=tuple(["clipcompare", *sys.argv[1:]]),
+    )
+    result = evaluate(model_specs(args), args.datasets, options)
+    rows = summary_rows(result.metrics)
+    if args.json:
+        print_json({"run_dir": str(result.out), "rows": rows, "skipped_images": result.metrics["skipped_images"]})
+    else:
+        print(format_summary(result.metrics, rows, result.out))
+    return 0
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (dataset, model) with the headline numbers."""
+    rows = []
+    for name, ds in metrics["datasets"].items():
+        for model, m in ds.get("models", {}).items():
+            rows.append({"dataset": name, "model": model, "images": m["n"], "top1": m["top1"], "top5": m["top5"],
+                         "mean_per_class": m["mean_per_class"], "wordnet_distance": m["mean_wordnet_distance_wrong"],
+                         "skipped": ds["skipped"]["count"]})
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def format_summary(metrics: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> str:
+    """A plain-text table plus the pairwise 'only one model is right' counts and notes."""
+    header = ("dataset", "model", "images", "top-1", "top-5", "per-class", "WN dist", "skipped")
+    table = [header] + [
+        (r["dataset"], r["model"], str(r["images"]), _pct(r["top1"]), _pct(r["top5"]), _pct(r["mean_per_class"]),
+         "-" if r["wordnet_distance"] is None else f"{r['wordnet_distance']:.2f}", str(r["skipped"]))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in table]
+    for name, ds in metrics["datasets"].items():
+        for cmp in ds.get("comparisons", []):
+            a, b = cmp["models"]
+            only = cmp["only_right"]
+            lines.append(f"{name}: only {a} right on {only[a]['count']} images, only {b} right on "
+                         f"{only[b]['count']}; better on {cmp['better_classes'][a]['count']} vs "
+                         f"{cmp['better_classes'][b]['count']} classes")
+        lines.extend(f"{name}: note: {note}" for note in ds.get("notes", []))
+    lines.append(f"results in {out}/ (metrics.json, predictions/, run.json"
+                 f"{', skipped.jsonl' if metrics['skipped_images'] else ''})")
+    return "\n".join(lines)

@@ -1,0 +1,595 @@
+"""The evaluation loop: decode each image once, feed every model, store predictions, resume.
+
+A run directory holds::
+
+    run.json                          command, settings, models (+ weight fingerprints), versions, times
+    predictions/<dataset>.parquet     one row per image: path, target, per model top-5 ids + probs
+    predictions/<dataset>.parts/      part-NNNNN.parquet chunks while a dataset is in progress
+    metrics.json                      per dataset and model (see :mod:`clipcompare.metrics`)
+    skipped.jsonl                     unreadable images with the reason
+
+Rows are flushed in chunks written atomically (temp file + rename), so an interrupted run (Ctrl-C,
+kill -9) loses at most the chunk in flight; the same command continues with the paths not yet
+stored and ends with the same files as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
+from clipcompare.data.decode import Batch, DecodedImages, collate
+from clipcompare.errors import UserError
+from clipcompare.metrics import TOP_K, dataset_metrics, prob_column, top_column, wordnet_distances
+from clipcompare.models.classifier import Classifier, create_classifier
+from clipcompare.models.spec import ModelSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+SETTINGS_VERSION = 1
+_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Everything besides the models and datasets; only some of it binds a resumed run (see ``_settings``)."""
+
+    out: Path
+    limit_per_class: int | None = None
+    batch_size: int = 32
+    workers: int = 0
+    device: str | None = None  # None: cuda when available, else cpu
+    templates: str = "openai"
+    channels_last: bool = False
+    allow_random: bool = False
+    chunk_size: int = 2048  # rows per part file (whole batches)
+    flush_seconds: float = 60.0  # ... or sooner, so a slow CPU run also checkpoints
+    progress: bool = True
+    cache_dir: Path | None = None  # zero-shot head cache; None: zeroshot.default_cache_dir()
+    command: tuple[str, ...] = field(default=())
+
+
+@dataclass
+class EvaluationResult:
+    """What the CLI summarises: the run directory, its metrics and what was evaluated."""
+
+    out: Path
+    metrics: dict[str, Any]
+    datasets: list[ImageDataset]
+    models: list[str]
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def evaluate(
+    models: Sequence[ModelSpec | str], datasets: Sequence[DatasetSpec | str], options: EvaluateOptions
+) -> EvaluationResult:
+    """Evaluate every model on every dataset into ``options.out`` (resuming what is already there)."""
+    started = _now()
+    data = load_datasets(datasets, options.limit_per_class)  # dataset errors before any model loads
+    specs = [parse_spec(m) if isinstance(m, str) else m for m in models]
+    if not specs:
+        raise UserError("no --model given")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"the same model is given twice: {', '.join(names)}")
+    if options.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    store = RunStore(Path(options.out))
+    settings = _settings(specs, data, options)
+    previous = store.check_settings(settings)
+    device = resolve_device(options.device)
+    classifiers = load_classifiers(specs, options, device)
+    info = _run_info(options, settings, classifiers, data, device, started, previous)
+    store.write_json("run.json", info)
+
+    skips = SkipLog(store.root / "skipped.jsonl")
+    notes: dict[str, list[str]] = {}
+    try:
+        for ds in data:
+            notes[ds.name] = run_dataset(ds, classifiers, store, skips, options, device)
+    except KeyboardInterrupt:
+        log.warning("interrupted: run the same command again to continue where it stopped")
+        raise
+    finally:
+        skips.close()
+
+    metrics = compute_metrics(store, data, classifiers, skips, notes)
+    store.write_json("metrics.json", metrics)
+    info.update(end_time=_now(), status="complete")
+    store.write_json("run.json", info)
+    return EvaluationResult(store.root, metrics, data, [c.name for c in classifiers])
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/``auto`` → cuda when available; an unusable device is a UserError."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, device: torch.device) -> list[Classifier]:
+    """Each model on ``device``; random inits are seeded so a resumed dry run gets the same weights."""
+    from clipcompare.zeroshot import default_cache_dir
+
+    cache_dir = options.cache_dir or default_cache_dir()
+    classifiers = []
+    for spec in specs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            clf = create_classifier(
+                spec, templates=options.templates, cache_dir=cache_dir, allow_random=options.allow_random,
+                device=device,
+            )
+        if options.channels_last:
+            clf.model.to(memory_format=torch.channels_last)
+        classifiers.append(clf)
+    return classifiers
+
+
+# --------------------------------------------------------------------------- one dataset
+
+
+def run_dataset(
+    ds: ImageDataset, classifiers: Sequence[Classifier], store: "RunStore", skips: "SkipLog",
+    options: EvaluateOptions, device: torch.device,
+) -> list[str]:
+    """Predict every image of ``ds`` not yet stored, then merge the parts; returns notes for metrics.json."""
+    notes = list(ds.notes)
+    active = []
+    for clf in classifiers:
+        reason = clf.supports(ds.classes)
+        if reason:
+            log.warning("dataset %s: skipping %s: %s", ds.name, clf.name, reason)
+            notes.append(f"{clf.name} skipped: {reason}")
+        else:
+            active.append(clf)
+    if not active:
+        return notes
+    done = store.stored_paths(ds.name) | skips.paths(ds.name)
+    pending = np.array([i for i, s in enumerate(ds.samples) if s.path not in done], dtype=np.int64)
+    if len(done):
+        log.info("dataset %s: %d of %d images already done, %d to go", ds.name, len(ds) - len(pending), len(ds),
+                 len(pending))
+    if len(pending):
+        _prepare(active, ds)
+        _predict(ds, active, pending, store, skips, options, device)
+    store.merge(ds, [c.name for c in active])
+    return notes
+
+
+def _prepare(classifiers: Sequence[Classifier], ds: ImageDataset) -> None:
+    """Build zero-shot heads before the loop, so throughput (and the progress bar) covers images only."""
+    for clf in classifiers:
+        head = getattr(clf, "head", None)  # CLIP classifiers; supervised heads need no preparation
+        if callable(head):
+            head(ds.classes)
+
+
+def make_loader(
+    ds: ImageDataset, pending: np.ndarray, transforms: Sequence[Any], options: EvaluateOptions, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """Decode + preprocess in ``options.workers`` processes (in this process when 0), in dataset order."""
+    images = DecodedImages(ds.root, [ds.samples[i].path for i in pending], transforms)
+    workers = max(0, options.workers)
+    return torch.utils.data.DataLoader(
+        images, batch_size=options.batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def _predict(
+    ds: ImageDataset, classifiers: Sequence[Classifier], pending: np.ndarray, store: "RunStore", skips: "SkipLog",
+    options: EvaluateOptions, device: torch.device,
+) -> None:
+    from tqdm import tqdm
+
+    transforms, slot = _distinct_transforms(classifiers)
+    dtypes = [clf.dtype for clf in classifiers]
+    k = min(TOP_K, len(ds.classes))
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    writer = ChunkWriter(store, ds, [c.name for c in classifiers], pending, options)
+    loader = make_loader(ds, pending, transforms, options, device)
+    bar = tqdm(total=len(ds), initial=len(ds) - len(pending), desc=ds.name, unit="img", file=sys.stderr,
+               disable=not options.progress, dynamic_ncols=True, mininterval=0.5)
+    with torch.inference_mode(), bar:
+        for batch in loader:
+            for pos, reason in batch.failures:
+                skips.add(ds.name, ds.samples[pending[pos]].path, reason)
+            if len(batch.positions):
+                inputs = [t.to(device, non_blocking=True) for t in batch.tensors]
+                outputs = []
+                for clf, s, dtype in zip(classifiers, slot, dtypes):
+                    x = inputs[s].to(dtype=dtype, memory_format=memory_format)
+                    probs = clf.logits(x, ds.classes).float().softmax(dim=-1)
+                    outputs.append(probs.topk(k, dim=-1))
+                writer.add(batch, outputs)
+            bar.update(len(batch.positions) + len(batch.failures))
+            if writer.due():
+                writer.flush()
+        writer.flush()
+
+
+def _distinct_transforms(classifiers: Sequence[Classifier]) -> tuple[list[Any], list[int]]:
+    """One transform per distinct preprocess object (models sharing one run it once), and each model's slot."""
+    transforms: list[Any] = []
+    slot: list[int] = []
+    for clf in classifiers:
+        same = [j for j, t in enumerate(transforms) if t is clf.preprocess]
+        if not same:
+            transforms.append(clf.preprocess)
+        slot.append(same[0] if same else len(transforms) - 1)
+    return transforms, slot
+
+
+class ChunkWriter:
+    """Collects predictions on the device (no per-batch sync) and writes them out as part files."""
+
+    def __init__(self, store: "RunStore", ds: ImageDataset, models: Sequence[str], pending: np.ndarray,
+                 options: EvaluateOptions) -> None:
+        self.store, self.ds, self.models, self.pending = store, ds, list(models), pending
+        self.chunk_size = max(options.chunk_size, 1)
+        self.flush_seconds = options.flush_seconds
+        self._positions: list[torch.Tensor] = []
+        self._outputs: list[list[Any]] = [[] for _ in self.models]
+        self._rows = 0
+        self._last = time.monotonic()
+
+    def add(self, batch: Batch, outputs: Sequence[Any]) -> None:
+        self._positions.append(batch.positions)
+        for acc, out in zip(self._outputs, outputs):
+            acc.append(out)
+        self._rows += len(batch.positions)
+
+    def due(self) -> bool:
+        return self._rows >= self.chunk_size or (
+            self._rows > 0 and time.monotonic() - self._last >= self.flush_seconds
+        )
+
+    def flush(self) -> None:
+        if self._rows:
+            write_part(self.store, self.ds.name, self._table())
+        self._positions = []
+        self._outputs = [[] for _ in self.models]
+        self._rows = 0
+        self._last = time.monotonic()
+
+    def _table(self) -> pa.Table:
+        index = self.pending[torch.cat(self._positions).numpy()]
+        columns: dict[str, pa.Array] = {
+            "path": pa.array([self.ds.samples[i].path for i in index], pa.string()),
+            "target": pa.array(np.array([self.ds.samples[i].target for i in index], dtype=np.int32)),
+        }
+        for name, outs in zip(self.models, self._outputs):
+            values = torch.cat([o.values for o in outs]).cpu().numpy().astype(np.float32)
+            indices = torch.cat([o.indices for o in outs]).cpu().numpy().astype(np.int32)
+            columns[top_column(name)] = _fixed_lists(indices, pa.int32())
+            columns[prob_column(name)] = _fixed_lists(values, pa.float32())
+        return pa.table(columns)
+
+
+def _fixed_lists(matrix: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    flat = pa.array(matrix.reshape(-1), dtype)
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
+def write_part(store: "RunStore", dataset: str, table: pa.Table) -> Path:
+    """One flushed chunk (module-level so tests can interrupt a run between chunks)."""
+    return store.write_part(dataset, table)
+
+
+# --------------------------------------------------------------------------- the run directory
+
+
+class RunStore:
+    """Files of one run directory; every write is temp file + rename, so readers never see half a file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.predictions = root / "predictions"
+
+    def check_settings(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The previous run.json when resuming with the same settings; a UserError when they differ."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root} exists and is not a directory")
+        run_json = self.root / "run.json"
+        if not run_json.is_file():
+            if self.root.is_dir() and any(self.root.iterdir()):
+                raise UserError(f"--out {self.root} is not empty and has no run.json; choose a new directory")
+            return None
+        try:
+            previous = json.loads(run_json.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {run_json}: {exc}") from None
+        old = previous.get("settings")
+        if old != settings:
+            raise UserError(
+                f"{self.root} holds a run with different settings ({_difference(old or {}, settings)}); "
+                "use a new --out, or the run's original arguments to resume it"
+            )
+        log.info("resuming the run in %s", self.root)
+        return previous
+
+    def parts_dir(self, dataset: str) -> Path:
+        return self.predictions / f"{dataset}.parts"
+
+    def final_path(self, dataset: str) -> Path:
+        return self.predictions / f"{dataset}.parquet"
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(self.root / name, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+    def write_part(self, dataset: str, table: pa.Table) -> Path:
+        parts = self.parts_dir(dataset)
+        parts.mkdir(parents=True, exist_ok=True)
+        numbers = [int(m.group(1)) for p in parts.iterdir() if (m := _PART.match(p.name))]
+        path = parts / f"part-{max(numbers, default=-1) + 1:05d}.parquet"
+        _atomic_write_table(table, path)
+        return path
+
+    def _tables(self, dataset: str) -> list[pa.Table]:
+        """The final file and every readable part; torn or unreadable leftovers are removed."""
+        tables = []
+        final = self.final_path(dataset)
+        candidates = [final] if final.is_file() else []
+        parts = self.parts_dir(dataset)
+        if parts.is_dir():
+            for p in sorted(parts.iterdir()):
+                if _PART.match(p.name):
+                    candidates.append(p)
+                else:  # temp file of a write that was killed
+                    p.unlink(missing_ok=True)
+        for path in candidates:
+            try:
+                tables.append(pq.read_table(path).replace_schema_metadata(None))
+            except Exception as exc:  # noqa: BLE001 - its rows are simply predicted again
+                log.warning("ignoring unreadable %s (%s); its images will be predicted again", path, exc)
+                path.unlink(missing_ok=True)
+        return tables
+
+    def stored_paths(self, dataset: str) -> set[str]:
+        """Paths already predicted (final file and parts)."""
+        return {p for t in self._tables(dataset) for p in t.column("path").to_pylist()}
+
+    def merge(self, ds: ImageDataset, models: Sequence[str]) -> Path:
+        """Final ``<dataset>.parquet`` in dataset order, one row per path; the parts are then removed."""
+        final = self.final_path(ds.name)
+        parts = self.parts_dir(ds.name)
+        if final.is_file() and not parts.exists():
+            return final
+        tables = self._tables(ds.name)
+        table = _dedupe_in_order(tables, ds) if tables else _empty_table(models, min(TOP_K, len(ds.classes)))
+        meta = {"dataset": ds.name, "kind": ds.kind, "classes": list(ds.classes.names),
+                "imagenet_indices": list(ds.classes.imagenet_indices or []) or None, "models": list(models)}
+        table = table.replace_schema_metadata({"clipcompare": json.dumps(meta)})
+        self.predictions.mkdir(parents=True, exist_ok=True)
+        _atomic_write_table(table, final)
+        shutil.rmtree(parts, ignore_errors=True)
+        return final
+
+    def read_predictions(self, dataset: str):
+        """The merged predictions as a pandas DataFrame."""
+        return pq.read_table(self.final_path(dataset)).to_pandas()
+
+
+def _dedupe_in_order(tables: list[pa.Table], ds: ImageDataset) -> pa.Table:
+    table = pa.concat_tables(tables)
+    order = {s.path: i for i, s in enumerate(ds.samples)}
+    first: dict[str, int] = {}  # a path stored twice (never expected) keeps its first row
+    for row, path in enumerate(table.column("path").to_pylist()):
+        first.setdefault(path, row)
+    rows = [row for _, row in sorted((order.get(p, len(order)), row) for p, row in first.items())]
+    return table.take(pa.array(rows, pa.int64()))
+
+
+def _empty_table(models: Sequence[str], k: int) -> pa.Table:
+    columns: dict[str, pa.Array] = {"path": pa.array([], pa.string()), "target": pa.array([], pa.int32())}
+    for name in models:
+        columns[top_column(name)] = pa.array([], pa.list_(pa.int32(), k))
+        columns[prob_column(name)] = pa.array([], pa.list_(pa.float32(), k))
+    return pa.table(columns)
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The settings that changed, briefly: ``models: a, b then; a now``."""
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(f"{k}: {_brief(old.get(k))} then, {_brief(new.get(k))} now" for k in keys) or "unknown format"
+
+
+def _brief(value: Any) -> str:
+    if isinstance(value, list):
+        items = [f"{v['kind']}={v['root']}" if isinstance(v, dict) and "kind" in v else str(v) for v in value]
+        return ", ".join(items) or "none"
+    return str(value)
+
+
+class SkipLog:
+    """``skipped.jsonl``: one JSON line per unreadable image, appended and flushed as they occur."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._records: dict[tuple[str, str], str] = {}
+        self._file = None
+        if path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        for line in raw.splitlines():
+            try:
+                rec = json.loads(line)
+                self._records[(rec["dataset"], rec["path"])] = rec["reason"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by kill -9
+        if raw and not raw.endswith(b"\n"):
+            # drop the torn tail so the next append starts on a fresh line
+            self.path.write_bytes(raw[: raw.rfind(b"\n") + 1])
+
+    def paths(self, dataset: str) -> set[str]:
+        return {p for d, p in self._records if d == dataset}
+
+    def reasons(self, dataset: str) -> list[str]:
+        return [r for (d, _), r in self._records.items() if d == dataset]
+
+    def add(self, dataset: str, path: str, reason: str) -> None:
+        log.warning("skipping unreadable image %s/%s: %s", dataset, path, reason)
+        if (dataset, path) in self._records:
+            return
+        self._records[(dataset, path)] = reason
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(json.dumps({"dataset": dataset, "path": path, "reason": reason}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --------------------------------------------------------------------------- metrics + run.json
+
+
+def compute_metrics(
+    store: RunStore, data: Sequence[ImageDataset], classifiers: Sequence[Classifier], skips: SkipLog,
+    notes: dict[str, list[str]],
+) -> dict[str, Any]:
+    """metrics.json: per dataset, its size, skipped images, notes and :func:`metrics.dataset_metrics`."""
+    distances = None
+    if any(ds.classes.imagenet_indices is not None for ds in data):
+        distances = wordnet_distances()
+    out: dict[str, Any] = {"datasets": {}, "skipped_images": 0}
+    for ds in data:
+        reasons = skips.reasons(ds.name)
+        entry: dict[str, Any] = {
+            "kind": ds.kind, "root": str(ds.root.resolve()), "n_classes": len(ds.classes),
+            "classes_present": ds.classes_present, "n_files": len(ds),
+            "skipped": {"count": len(reasons), "by_error": dict(Counter(r.split(":", 1)[0] for r in reasons))},
+        }
+        final = store.final_path(ds.name)
+        if final.is_file():
+            df = store.read_predictions(ds.name)
+            names = [c.name for c in classifiers if top_column(c.name) in df.columns]
+            entry.update(dataset_metrics(df, ds.classes.names, ds.classes.imagenet_indices, models=names,
+                                         distances=distances))
+        entry["notes"] = list(notes.get(ds.name, [])) + entry.get("notes", [])
+        out["datasets"][ds.name] = entry
+        out["skipped_images"] += len(reasons)
+    return out
+
+
+def _settings(specs: Sequence[ModelSpec], data: Sequence[ImageDataset], options: EvaluateOptions) -> dict[str, Any]:
+    """What the stored predictions depend on; a resumed run must match it exactly."""
+    return {
+        "version": SETTINGS_VERSION,
+        "models": [s.name if s.path is None else f"{s.name} ({s.path.resolve()})" for s in specs],
+        "datasets": [
+            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), "classes": ds.classes.key}
+            for ds in data
+        ],
+        "limit_per_class": options.limit_per_class,
+        # prompts only matter to CLIP models
+        "templates": _templates_identity(options.templates) if any(s.family == "clip" for s in specs) else None,
+    }
+
+
+def _templates_identity(templates: str) -> str:
+    path = Path(templates)
+    if templates not in ("single", "openai") and path.is_file():
+        import hashlib
+
+        return f"{path.name}#{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return templates
+
+
+def _run_info(
+    options: EvaluateOptions, settings: dict[str, Any], classifiers: Sequence[Classifier],
+    data: Sequence[ImageDataset], device: torch.device, started: str, previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    from clipcompare.models.hashing import weights_fingerprint
+
+    models = [
+        {"name": c.name, "family": c.spec.family, "pretrained": c.pretrained,
+         "weights_file": c.loaded.weights_file, "fingerprint": weights_fingerprint(c.model)}
+        for c in classifiers
+    ]
+    if previous is not None:
+        old = {m["name"]: m.get("fingerprint") for m in previous.get("models", [])}
+        changed = [m["name"] for m in models if old.get(m["name"]) not in (None, m["fingerprint"])]
+        if changed:
+            raise UserError(
+                f"the weights of {', '.join(changed)} differ from those {options.out} was started with; "
+                "use a new --out"
+            )
+    return {
+        "command": list(options.command),
+        "settings": settings,
+        "models": models,
+        "datasets": [
+            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), "files": len(ds),
+             "classes": len(ds.classes), "classes_present": ds.classes_present}
+            for ds in data
+        ],
+        "options": {"batch_size": options.batch_size, "workers": options.workers, "device": str(device),
+                    "channels_last": options.channels_last, "templates": options.templates},
+        "versions": _versions(),
+        "start_time": (previous or {}).get("start_time", started),
+        "resumed_at": (previous or {}).get("resumed_at", []) + ([started] if previous else []),
+        "end_time": None,
+        "status": "running",
+    }
+
+
+def _versions() -> dict[str, str]:
+    import open_clip
+    import PIL
+    import torchvision
+
+    from clipcompare import __version__
+
+    return {"clipcompare": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "open_clip": open_clip.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
