@@ -104,9 +104,10 @@ def evaluate(
 
     skips = SkipLog(store.root / "skipped.jsonl")
     notes: dict[str, list[str]] = {}
+    throughput: dict[str, dict[str, float]] = {}
     try:
         for ds in data:
-            notes[ds.name] = run_dataset(ds, classifiers, store, skips, options, device)
+            notes[ds.name] = run_dataset(ds, classifiers, store, skips, options, device, throughput)
     except KeyboardInterrupt:
         log.warning("interrupted: run the same command again to continue where it stopped")
         raise
@@ -115,7 +116,8 @@ def evaluate(
 
     metrics = compute_metrics(store, data, classifiers, skips, notes)
     store.write_json("metrics.json", metrics)
-    info.update(end_time=_now(), status="complete")
+    # images/s of this invocation's prediction loops (decode + preprocess + forward + writes)
+    info.update(end_time=_now(), status="complete", throughput=throughput)
     store.write_json("run.json", info)
     return EvaluationResult(store.root, metrics, data, [c.name for c in classifiers])
 
@@ -157,9 +159,12 @@ def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, devic
 
 def run_dataset(
     ds: ImageDataset, classifiers: Sequence[Classifier], store: "RunStore", skips: "SkipLog",
-    options: EvaluateOptions, device: torch.device,
+    options: EvaluateOptions, device: torch.device, throughput: dict[str, dict[str, float]] | None = None,
 ) -> list[str]:
-    """Predict every image of ``ds`` not yet stored, then merge the parts; returns notes for metrics.json."""
+    """Predict every image of ``ds`` not yet stored, then merge the parts; returns notes for metrics.json.
+
+    ``throughput[ds.name]`` receives the images, seconds and images/s of the prediction loop.
+    """
     notes = list(ds.notes)
     active = []
     for clf in classifiers:
@@ -178,7 +183,12 @@ def run_dataset(
                  len(pending))
     if len(pending):
         _prepare(active, ds)
+        start = time.perf_counter()
         _predict(ds, active, pending, store, skips, options, device)
+        seconds = time.perf_counter() - start
+        if throughput is not None:
+            throughput[ds.name] = {"images": int(len(pending)), "seconds": round(seconds, 3),
+                                   "images_per_s": round(len(pending) / seconds, 2)}
     store.merge(ds, [c.name for c in active])
     return notes
 

@@ -44,6 +44,17 @@ class LoadedModel:
 _CONFIGS_REGISTERED = False
 
 
+class _DropOpenClipRandomInitWarning(logging.Filter):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" on the root logger
+    whenever we build an architecture on purpose; our own warning already says why, and better."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+logging.getLogger().addFilter(_DropOpenClipRandomInitWarning())
+
+
 def register_tiny_configs() -> None:
     """Make the package's tiny open_clip configs (``tiny-RN-quickgelu``, ``tiny-ViT``) loadable.
 
