@@ -90,6 +90,9 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+SHOW = 3  # per model in the text summary; metrics.json has the top 10
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -106,6 +109,13 @@ def format_summary(metrics: dict[str, Any], rows: list[dict[str, Any]], out: Pat
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in table]
     for name, ds in metrics["datasets"].items():
+        for model, m in ds.get("models", {}).items():
+            worst = [w["text"].replace(" misclassified", "") for w in m.get("most_misclassified", [])[:SHOW]]
+            confused = [f"{c['true']} -> {c['predicted']} ({c['count']})" for c in m.get("confused_pairs", [])[:SHOW]]
+            if worst:
+                lines.append(f"{name} / {model}: most misclassified: {'; '.join(worst)}")
+            if confused:
+                lines.append(f"{name} / {model}: most confused: {'; '.join(confused)}")
         for cmp in ds.get("comparisons", []):
             a, b = cmp["models"]
             only = cmp["only_right"]
