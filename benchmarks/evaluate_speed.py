@@ -27,6 +27,7 @@ from clipcompare.data.synthetic import make_image_folder
 from clipcompare.evaluate import EvaluateOptions, evaluate
 from clipcompare.imagenet import imagenet_classes
 from clipcompare.models.classifier import ClassSet, create_classifier
+from clipcompare.runtime import steady_heap
 from clipcompare.zeroshot import build_head, load_templates
 
 MODELS = ("resnet50", "clip:RN50")
@@ -75,11 +76,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images-per-class", type=int, default=10, help="× 20 classes (default 200 images)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1, help="decode workers for evaluate (the CLI default: cores - 1)")
+    ap.add_argument("--workers", type=int, default=0, help="decode workers for evaluate (the CLI default on CPU: 0)")
     ap.add_argument("--head-classes", type=int, default=20)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     threads = torch.get_num_threads()
+    allocator = steady_heap()  # what evaluate applies on CPU: the bare forward gets the same setting
 
     with tempfile.TemporaryDirectory() as tmp:
         wnids = [c.wnid for c in imagenet_classes()[::50]]  # 20 classes spread over the 1000
@@ -107,6 +109,7 @@ def main() -> int:
     t_ref, t_ours, speedup, diff = head_speedup(args.head_classes)
 
     print(f"CPU, {threads} threads, float32, batch {args.batch_size}, {n} JPEGs 500x375, models: {', '.join(MODELS)}")
+    print(f"  allocator: {allocator}")
     print(f"  bare forward, contiguous      : {rates[False]:6.2f} img/s")
     print(f"  bare forward, channels_last   : {rates[True]:6.2f} img/s  ({rates[True] / rates[False] - 1:+.0%})"
           f" -> using {'channels_last' if channels_last else 'contiguous'}")

@@ -43,6 +43,7 @@ from clipcompare.metrics import (
 from clipcompare.models.classifier import Classifier, create_classifier
 from clipcompare.models.spec import ModelSpec, parse_spec
 from clipcompare.rundir import RunStore, SkipLog
+from clipcompare.runtime import steady_heap
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ def evaluate(
     settings = _settings(specs, data, options)
     previous = store.check_settings(settings)
     device = resolve_device(options.device)
+    if device.type == "cpu":
+        # 1.5x CPU throughput: no page-faulting of activations on every batch (see runtime.steady_heap)
+        steady_heap()
     classifiers = load_classifiers(specs, options, device)
     info = _run_info(options, settings, classifiers, data, device, started, previous)
     store.write_json("run.json", info)

@@ -27,9 +27,17 @@ def _positive(text: str) -> int:
     return value
 
 
-def _default_workers() -> int:
-    # decoding runs in workers while the main process only feeds the device; leave it one core
-    return max(0, min(16, (os.cpu_count() or 1) - 1))
+def default_workers(device: str | None) -> int:
+    """Decode workers: none on CPU, cores - 1 (at most 16) when a GPU does the compute.
+
+    On CPU the forward passes already use every core; a worker process only takes a core from
+    them. Measured on 2 cores (ResNet-50 + CLIP RN50, batch 32): 13.7 images/s decoding inline vs
+    12.0-13.0 with 1-2 workers.
+    """
+    import torch
+
+    on_gpu = device != "cpu" and (device is not None or torch.cuda.is_available())
+    return max(0, min(16, (os.cpu_count() or 1) - 1)) if on_gpu else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-per-class", type=_positive, metavar="N", help="first N images per class (sorted)")
     p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="decoding processes; 0 decodes in the main process (default: cores - 1, at most 16)")
+                   help="decoding processes; 0 decodes in the main process (default: 0 on CPU, where the forward passes use every core; cores - 1, at most 16, on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--templates", default="openai", metavar="single|openai|FILE",
                    help="CLIP prompt templates (default: openai's 80)")
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = EvaluateOptions(
         out=args.out, limit_per_class=args.limit_per_class, batch_size=args.batch_size,
-        workers=_default_workers() if args.workers is None else max(0, args.workers), device=args.device,
+        workers=default_workers(args.device) if args.workers is None else max(0, args.workers), device=args.device,
         templates=args.templates, channels_last=args.channels_last, allow_random=args.allow_random,
         chunk_size=args.chunk_size, progress=args.progress, command=tuple(["clipcompare", *sys.argv[1:]]),
     )
