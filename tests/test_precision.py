@@ -329,7 +329,8 @@ def test_cli_human_output_and_json_flag(capsys, tmp_path):
     (["--batch-sizes", "eight"], "positive"),
     (["--mode", "fast"], "fast"),
     (["--device", "tpu"], "tpu"),
-    (["--min-runs", "-1"], "positive"),
+    (["--min-runs", "-1"], "at least 1"),
+    (["--warmup", "-1"], "at least 0"),
 ])
 def test_bad_flag_values_exit_2_with_one_line(capsys, flags, word):
     with pytest.raises(SystemExit) as exc:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clipcompare.cli.common import add_model_args, model_specs, print_json
+from clipcompare.cli.common import add_model_args, int_at_least, model_specs, print_json
 
 DEFAULT_MODELS = ("resnet50", "clip:RN50")
 
@@ -18,13 +18,6 @@ DATASET_HELP = (
     "those 200 classes), folder (any class sub-folders; folder=PATH:MAPFILE renames them with a file of "
     "'FOLDER<TAB>CLASS' lines or a JSON object; classes may be ImageNet wnids or names)"
 )
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def default_workers(device: str | None) -> int:
@@ -51,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", "-d", dest="datasets", action="append", required=True, metavar="KIND=PATH",
                    help=DATASET_HELP)
     p.add_argument("--out", "-o", type=Path, required=True, metavar="RUN_DIR", help="run directory (created)")
-    p.add_argument("--limit-per-class", type=_positive, metavar="N", help="first N images per class (sorted)")
-    p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per batch (default 32)")
+    p.add_argument("--limit-per-class", type=int_at_least(1), metavar="N", help="first N images per class (sorted)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="decoding processes; 0 decodes in the main process (default: 0 on CPU, where the forward passes use every core; cores - 1, at most 16, on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -61,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for models and inputs")
     p.add_argument("--allow-random", action="store_true",
                    help="use random weights when pretrained ones are missing (dry runs, tiny test models)")
-    p.add_argument("--chunk-size", type=_positive, default=2048, metavar="N",
+    p.add_argument("--chunk-size", type=int_at_least(1), default=2048, metavar="N",
                    help="images per flushed part file, i.e. at most what an interruption loses (default 2048; "
                    "a part is also flushed every 60 s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

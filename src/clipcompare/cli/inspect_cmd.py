@@ -9,7 +9,11 @@ from typing import TYPE_CHECKING
 from clipcompare.cli.common import add_model_args, model_specs, print_json
 
 if TYPE_CHECKING:  # the library imports torch; keep `--help` instant
-    from clipcompare.models.inspect import InspectReport, ModelInspection, StructuralDiff
+    from clipcompare.models.inspect import (
+        InspectReport,
+        ModelInspection,
+        StructuralDiff,
+    )
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet50", "clip:RN50")
 

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from clipcompare.cli.common import add_model_args, csv_list, model_specs, print_json
+from clipcompare.cli.common import (
+    add_model_args,
+    csv_list,
+    int_at_least,
+    model_specs,
+    print_json,
+)
 
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 
@@ -28,26 +34,6 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -81,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--images", type=Path, metavar="DIR",
                    help="images for the drift comparison (default: a few generated images)")
-    p.add_argument("--max-images", type=_positive_int, default=16, metavar="N",
+    p.add_argument("--max-images", type=int_at_least(1), default=16, metavar="N",
                    help="use at most N images from --images (default 16)")
     p.add_argument("--labels", type=csv_list, metavar="LIST",
                    help="comma-separated class labels for the drift comparison (default: the 10 seed classes "
@@ -90,13 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CLIP prompt templates: single (default, cheap), openai (80) or a file")
     p.add_argument("--channels-last", action="store_true", help="convert model and inputs to channels_last")
     p.add_argument("--compile", action="store_true", help="wrap the image tower in torch.compile (noted if it fails)")
-    p.add_argument("--warmup", type=_non_negative_int, default=2, metavar="N", help="untimed calls first (default 2)")
-    p.add_argument("--min-runs", type=_positive_int, default=5, metavar="N", help="timed calls at least (default 5)")
+    p.add_argument("--warmup", type=int_at_least(0), default=2, metavar="N", help="untimed calls first (default 2)")
+    p.add_argument("--min-runs", type=int_at_least(1), default=5, metavar="N", help="timed calls at least (default 5)")
     p.add_argument("--min-time", type=_positive_float, default=1.0, metavar="SEC",
                    help="time each batch size for at least this long (default 1)")
     p.add_argument("--max-time", type=_positive_float, default=10.0, metavar="SEC",
                    help="stop timing a batch size after this long once 3 runs are in (default 10)")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1), metavar="N",
                    help="torch intra-op threads during measurement (default: torch's current setting)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", type=Path, metavar="DIR", help="write precision.json, precision.png (and CUDA memory timelines)")
@@ -104,7 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clipcompare.precision import SEED_CLASSES, PrecisionConfig, evaluate, save_report
+    from clipcompare.precision import (
+        SEED_CLASSES,
+        PrecisionConfig,
+        evaluate,
+        save_report,
+    )
 
     config = PrecisionConfig(
         dtypes=args.dtypes, mode=args.mode, batch_sizes=args.batch_sizes, device=args.device,
