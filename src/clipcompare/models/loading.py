@@ -9,6 +9,7 @@ where to put it. With ``allow_random=True`` the architecture is built with rando
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import socket
@@ -85,8 +86,9 @@ def _torchvision_weights(arch: str, tag: str | None):
     try:
         enum = models.get_model_weights(arch)
     except (ValueError, KeyError):
-        known = ", ".join(sorted(models.list_models(module=models)))
-        raise UserError(f"unknown torchvision classification model {arch!r}; known: {known}") from None
+        known = sorted(models.list_models(module=models))
+        close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5) or ["resnet50", "vit_b_16"]
+        raise UserError(f"unknown torchvision classification model {arch!r}; closest: {', '.join(close)}") from None
     if tag is None:
         return enum.DEFAULT
     try:
@@ -172,7 +174,8 @@ def _clip_arch(spec: ModelSpec, quick_gelu: bool) -> tuple[str, bool]:
     register_tiny_configs()
     arch = spec.arch
     if arch not in open_clip.list_models():
-        raise UserError(f"unknown open_clip model {arch!r}; see `python -m open_clip list_models` or use e.g. RN50, ViT-B-32")
+        close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.5) or ["RN50", "ViT-B-32"]
+        raise UserError(f"unknown open_clip model {arch!r}; closest: {', '.join(close)} (all: open_clip.list_models())")
     force = quick_gelu and not arch.endswith("-quickgelu")
     return arch, force
 
