@@ -229,3 +229,16 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     got = pd.read_parquet(out / "predictions" / "imagenet.parquet")
     assert len(got) == 90 and got["path"].is_unique
     pd.testing.assert_frame_equal(got, pd.read_parquet(ref.out / "predictions" / "imagenet.parquet"))
+
+
+def test_default_workers_decode_inline_on_cpu(monkeypatch):
+    """On CPU the forward passes use every core, so decoding stays in the main process."""
+    from clipcompare.cli.evaluate_cmd import default_workers
+
+    assert default_workers("cpu") == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert default_workers("cuda") == 7
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert default_workers(None) == 0
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert default_workers(None) == 7
