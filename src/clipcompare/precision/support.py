@@ -1,0 +1,148 @@
+"""Dtype names and whether a dtype runs on a device, natively or emulated: CPU flags, CUDA capability, environment."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipcompare.errors import UserError
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+
+def parse_dtype(name: str) -> str:
+    """Canonical dtype name (``fp32``/``fp16``/``bf16``) for a name or alias; UserError otherwise."""
+    key = name.strip().lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
+    return key
+
+
+@dataclass
+class DtypeSupport:
+    """Whether ``dtype`` runs on ``device`` at all, and whether natively (None: cannot tell)."""
+
+    dtype: str
+    device: str
+    supported: bool
+    native: bool | None
+    note: str | None = None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty if unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str:
+    """PyTorch's dispatch level for CPU kernels (``AVX2``, ``AVX512``, ...), or ``unknown``."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # very old or exotic builds
+        return "unknown"
+
+
+# Hardware that computes in the dtype rather than converting to fp32 around every kernel.
+_CPU_NATIVE = {
+    "bf16": ({"avx512_bf16", "amx_bf16", "bf16"}, "AVX512-BF16/AMX-BF16"),
+    "fp16": ({"avx512_fp16", "amx_fp16", "asimdhp"}, "AVX512-FP16/AMX-FP16"),
+}
+
+
+def dtype_support(dtype: str, device: str) -> DtypeSupport:
+    """Can ``dtype`` run on ``device``, natively or emulated? Never raises for a known dtype."""
+    dtype = parse_dtype(dtype)
+    if device == "cuda":
+        return _cuda_support(dtype)
+    if dtype == "fp32":
+        return DtypeSupport(dtype, device, True, True)
+    cap = cpu_capability()
+    flags = cpu_flags()
+    wanted, names = _CPU_NATIVE[dtype]
+    if flags:
+        native: bool | None = bool(flags & wanted)
+    elif "AMX" in cap or {"bf16": "BF16", "fp16": "FP16"}[dtype] in cap:  # flags unreadable: trust e.g. "AVX512_BF16"
+        native = True
+    else:
+        native = None
+    note = None
+    if native is False:
+        note = (f"{dtype} on this CPU (PyTorch capability {cap}, no {names}): kernels run but are emulated "
+                f"(converted to fp32 internally), so expect it slower than fp32")
+    elif native is None:
+        note = f"cannot tell whether this CPU (capability {cap}) has native {dtype} support"
+    return DtypeSupport(dtype, device, True, native, note)
+
+
+def _cuda_support(dtype: str) -> DtypeSupport:
+    if not torch.cuda.is_available():
+        built = torch.version.cuda or "none"
+        return DtypeSupport(dtype, "cuda", False, None,
+                            f"CUDA is not available on this machine (torch {torch.__version__}, built with CUDA {built}): "
+                            "only weight bytes are reported")
+    if dtype == "fp32":
+        return DtypeSupport(dtype, "cuda", True, True)
+    major, minor = torch.cuda.get_device_capability()
+    if dtype == "fp16":
+        if (major, minor) < (7, 0):
+            return DtypeSupport(dtype, "cuda", True, False,
+                                f"fp16 on compute capability {major}.{minor}: no tensor cores, expect little speed-up")
+        return DtypeSupport(dtype, "cuda", True, True)
+    if not torch.cuda.is_bf16_supported(including_emulation=True):
+        return DtypeSupport(dtype, "cuda", False, False, f"bf16 is not supported on this GPU (compute capability {major}.{minor})")
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        return DtypeSupport(dtype, "cuda", True, False,
+                            f"bf16 on compute capability {major}.{minor} is emulated (native from 8.0), expect it slow")
+    return DtypeSupport(dtype, "cuda", True, True)
+
+
+def environment_info(device: str, threads: int) -> dict[str, Any]:
+    """What the numbers depend on: versions, CPU features, thread count, GPU and its TF32 settings."""
+    flags = cpu_flags()
+    interesting = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16",
+                   "amx_tile", "amx_bf16", "amx_fp16", "asimdhp", "bf16")
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": device,
+        "threads": threads,
+        "cpu": _cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "cpu_flags": [f for f in interesting if f in flags],
+        "cuda": None,
+    }
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        info["cuda"] = {
+            "name": torch.cuda.get_device_name(),
+            "capability": f"{major}.{minor}",
+            "cuda_version": torch.version.cuda,
+            "bf16_supported": torch.cuda.is_bf16_supported(including_emulation=False),
+            # "fp32" convolutions use TF32 tensor cores on Ampere+ unless these are off
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        }
+    return info
