@@ -24,10 +24,10 @@ from helpers import make_image_folder  # noqa: E402  (needs the env above)
 @pytest.fixture(scope="session")
 def tiny_clip():
     """A random-weight tiny CLIP RN (QuickGELU, OpenAI layout) as a LoadedModel."""
+    import torch
+
     from clipcompare.models.loading import load_model
     from clipcompare.models.spec import parse_spec
-
-    import torch
 
     torch.manual_seed(0)
     return load_model(parse_spec("clip:tiny-RN-quickgelu"), allow_random=True)

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_image, make_image_folder
 
 from clipcompare.data import DATASET_KINDS, build_dataset, load_datasets, parse_dataset_arg
 from clipcompare.data.decode import DecodedImages, collate
 from clipcompare.errors import UserError
 from clipcompare.imagenet.classes import IMAGENET_A_INDICES, IMAGENET_R_INDICES, imagenet_classes, index_of_wnid
+from helpers import make_image, make_image_folder
 
 WNIDS = ["n01440764", "n01443537", "n02102040"]  # tench, goldfish, English springer
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_image, make_image_folder
 
 from clipcompare import evaluate as ev
 from clipcompare.data import build_dataset, parse_dataset_arg
@@ -17,6 +16,7 @@ from clipcompare.evaluate import EvaluateOptions, evaluate
 from clipcompare.imagenet.classes import IMAGENET_R_INDICES, imagenet_classes
 from clipcompare.metrics import prob_column, top_column
 from clipcompare.models.classifier import ClassSet, create_classifier
+from helpers import make_image, make_image_folder
 
 RESNET = "resnet18"
 CLIP = "clip:tiny-RN-quickgelu"

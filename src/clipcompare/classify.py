@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from clipcompare.errors import UserError
-from clipcompare.models.classifier import ClassSet, Classifier, ClipClassifier
+from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier
 
 log = logging.getLogger(__name__)
 
