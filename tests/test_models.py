@@ -107,9 +107,12 @@ class _OpenAIArchive(torch.nn.Module):
 def save_openai_torchscript(model: torch.nn.Module, path: Path, image_size: int = 64) -> torch.nn.Module:
     """Write ``model`` as an OpenAI-style archive; return the fp32 model the file equals exactly."""
     import copy
+    import warnings
 
     half = copy.deepcopy(model).half()
-    torch.jit.save(torch.jit.trace(_OpenAIArchive(half, image_size), torch.ones(1, dtype=torch.half)), str(path))
+    with warnings.catch_warnings():  # writing TorchScript is deprecated, but it is the format under test
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(_OpenAIArchive(half, image_size), torch.ones(1, dtype=torch.half)), str(path))
     return copy.deepcopy(half).float()
 
 

@@ -13,6 +13,7 @@ import difflib
 import logging
 import os
 import socket
+import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -271,7 +272,11 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
             image_interpolation=tag_cfg.get("interpolation"), image_resize_mode=tag_cfg.get("resize_mode"),
         )
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights_file, **kwargs)
+        with warnings.catch_warnings():
+            if torchscript:  # the format OpenAI released; torch's deprecation notes are not the user's to act on
+                warnings.filterwarnings("ignore", message=".*TorchScript archive.*")
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated.*", category=FutureWarning)
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights_file, **kwargs)
     except RuntimeError as exc:
         if weights_file is None:
             raise
