@@ -11,4 +11,8 @@ class UserError(Exception):
 
 
 class MissingWeightsError(UserError):
-    """Pretrained weights are neither cached nor downloadable."""
+    """Pretrained weights are neither cached nor downloadable; ``filename`` is the file needed, if any."""
+
+    def __init__(self, message: str, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.filename = filename

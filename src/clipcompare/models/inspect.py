@@ -623,33 +623,12 @@ def diff_resnets(a: ModelInspection, b: ModelInspection) -> StructuralDiff:
 # --------------------------------------------------------------------------- entry points
 
 
-def _expected_weights_file(spec: ModelSpec) -> str | None:
-    """The file ``load_model`` would have needed, for the "random init (X not found)" note."""
-    if spec.path is not None:
-        return spec.path.name
-    try:
-        if spec.family == "torchvision":
-            from torchvision import models
-
-            enum = models.get_model_weights(spec.arch)
-            weights = enum[spec.tag] if spec.tag else enum.DEFAULT
-            return os.path.basename(weights.url)
-        import open_clip
-
-        cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag or "") or {}
-        if cfg.get("url"):
-            return os.path.basename(cfg["url"])
-        return "open_clip_pytorch_model.bin" if cfg.get("hf_hub") else None
-    except Exception:  # only decorates a message; never fail the inspection over it
-        return None
-
-
 def weights_note(loaded: LoadedModel) -> str:
     """``pretrained (file)`` or ``random init (file not found)``."""
     if loaded.pretrained:
         return f"pretrained ({os.path.basename(loaded.weights_file)})" if loaded.weights_file else "pretrained"
-    expected = _expected_weights_file(loaded.spec)
-    return f"random init ({expected} not found)" if expected else "random init (no pretrained weights)"
+    missing = loaded.missing_weights
+    return f"random init ({missing} not found)" if missing else "random init (no pretrained weights)"
 
 
 def inspect_loaded(loaded: LoadedModel, image_size: int | None = None) -> ModelInspection:

@@ -41,6 +41,14 @@ class LoadedModel:
     tokenizer: Callable[..., torch.Tensor] | None = None
     pretrained: bool = True
     weights_file: str | None = None
+    missing_weights: str | None = None  # the file that was needed, when random weights stand in
+
+
+def _fall_back_or_raise(err: MissingWeightsError, allow_random: bool, cause: BaseException | None = None) -> None:
+    """Raise ``err``, or (``allow_random``) log it and let the caller build random weights."""
+    if not allow_random:
+        raise err from cause
+    log.warning("%s; using random initialisation", err)
 
 
 _CONFIGS_REGISTERED = False
@@ -120,12 +128,11 @@ def load_torchvision(spec: ModelSpec, *, allow_random: bool = False) -> LoadedMo
     except Exception as exc:  # no cache and no network: any download error means the same to the user
         err = MissingWeightsError(
             f"weights for {spec.name} not found: need {filename} (from {weights.url}); "
-            f"put it at {target} or pass {spec.arch}=/path/{filename} (or --weights PATH)"
+            f"put it at {target} or pass {spec.arch}=/path/{filename} (or --weights PATH)",
+            filename,
         )
-        if not allow_random:
-            raise err from exc
-        log.warning("%s; using random initialisation", err)
-        return LoadedModel(spec, model, preprocess, pretrained=False)
+        _fall_back_or_raise(err, allow_random, exc)
+        return LoadedModel(spec, model, preprocess, pretrained=False, missing_weights=filename)
     model.load_state_dict(state)
     return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(target))
 
@@ -243,11 +250,10 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
         quick = bool(tag_cfg.get("quick_gelu", False))
     arch, force = _clip_arch(spec, quick)
 
+    missing: str | None = None
     if weights_file is None and not tag_cfg:
-        err = MissingWeightsError(f"{spec.name} has no pretrained weights in open_clip; pass clip:{spec.arch}=/path/weights")
-        if not allow_random:
-            raise err
-        log.warning("%s; using random initialisation", err)
+        _fall_back_or_raise(MissingWeightsError(
+            f"{spec.name} has no pretrained weights in open_clip; pass clip:{spec.arch}=/path/weights"), allow_random)
     elif weights_file is None:
         weights_file = _cached_clip_file(tag_cfg)
         try:
@@ -258,9 +264,8 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
                 weights_file = open_clip.download_pretrained(tag_cfg)
         except Exception as exc:
             err = _missing_clip_weights(spec, tag_cfg)
-            if not allow_random:
-                raise err from exc
-            log.warning("%s; using random initialisation", err)
+            _fall_back_or_raise(err, allow_random, exc)
+            missing = err.filename
 
     # TorchScript archives cannot be read with weights_only=True; torch.load hands them to
     # torch.jit.load, which restores tensors and TorchScript code but runs no pickled Python.
@@ -282,7 +287,8 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
             raise
         raise UserError(f"{weights_file} does not match {arch}: {str(exc).splitlines()[0]}") from None
     tokenizer = open_clip.get_tokenizer(arch)
-    return LoadedModel(spec, model, preprocess, tokenizer, pretrained=weights_file is not None, weights_file=weights_file)
+    return LoadedModel(spec, model, preprocess, tokenizer, pretrained=weights_file is not None,
+                       weights_file=weights_file, missing_weights=missing)
 
 
 def _missing_clip_weights(spec: ModelSpec, cfg: dict) -> MissingWeightsError:
@@ -293,5 +299,6 @@ def _missing_clip_weights(spec: ModelSpec, cfg: dict) -> MissingWeightsError:
     where = Path(os.path.expanduser("~/.cache/clip")) / filename if url else "the Hugging Face cache (HF_HOME)"
     return MissingWeightsError(
         f"weights for {spec.name} not found: need {filename} (from {sources or 'open_clip'}); "
-        f"put it at {where} or pass clip:{spec.arch}=/path/{filename} (or --weights PATH)"
+        f"put it at {where} or pass clip:{spec.arch}=/path/{filename} (or --weights PATH)",
+        filename,
     )
