@@ -211,6 +211,11 @@ def create_classifier(
     if isinstance(spec, str):
         spec = parse_spec(spec)
     loaded = load_model(spec, allow_random=allow_random, device=device)
-    if spec.family == "clip":
+    return wrap_loaded(loaded, templates=templates, cache_dir=cache_dir)
+
+
+def wrap_loaded(loaded: LoadedModel, *, templates: str = "openai", cache_dir: Path | None = None) -> Classifier:
+    """The :class:`Classifier` for an already loaded model (CLIP → zero-shot, else supervised)."""
+    if loaded.spec.family == "clip":
         return ClipClassifier(loaded, templates=templates, cache_dir=cache_dir)
     return SupervisedClassifier(loaded)

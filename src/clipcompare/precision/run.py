@@ -18,13 +18,8 @@ import torch
 from torch import nn
 
 from clipcompare.errors import UserError
-from clipcompare.models.classifier import (
-    Classifier,
-    ClassSet,
-    ClipClassifier,
-    SupervisedClassifier,
-    create_classifier,
-)
+from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier, create_classifier, wrap_loaded
+from clipcompare.models.inspect import image_tower
 from clipcompare.models.spec import ModelSpec, parse_spec
 from clipcompare.precision.drift import DriftStats, prediction_drift
 from clipcompare.precision.images import generate_images, load_images
@@ -158,13 +153,7 @@ def _first_line(exc: BaseException) -> str:
 def _copy_classifier(base: Classifier) -> Classifier:
     """A classifier around a deep copy of ``base``'s model, so each dtype starts from exact FP32 weights."""
     loaded = dataclasses.replace(base.loaded, model=copy.deepcopy(base.loaded.model))
-    if isinstance(base, ClipClassifier):
-        return ClipClassifier(loaded, templates=base.template_set, cache_dir=None)
-    return SupervisedClassifier(loaded)
-
-
-def _image_tower(clf: Classifier) -> nn.Module:
-    return clf.model.visual if isinstance(clf, ClipClassifier) else clf.model
+    return wrap_loaded(loaded, templates=getattr(base, "template_set", "single"), cache_dir=None)
 
 
 def _set_image_tower(clf: Classifier, module: nn.Module) -> None:
@@ -329,7 +318,7 @@ def _measure(clf: Classifier, dtype: str, res: DtypeResult, runner: _Runner, lab
 
 def _try_compile(clf: Classifier, runner: _Runner, images: torch.Tensor, res: DtypeResult) -> None:
     """Wrap the image tower in torch.compile; on failure (at compile or first call) fall back to eager."""
-    original = _image_tower(clf)
+    original = image_tower(clf.model)
     try:
         _set_image_tower(clf, torch.compile(original))
         runner(runner.prepare(images[:1]))  # compilation happens at the first call
