@@ -27,10 +27,11 @@ from clipcompare.data.synthetic import make_image_folder
 from clipcompare.evaluate import EvaluateOptions, evaluate
 from clipcompare.imagenet import imagenet_classes
 from clipcompare.models.classifier import ClassSet, create_classifier
+from clipcompare.models.spec import DEFAULT_MODELS
 from clipcompare.runtime import steady_heap
 from clipcompare.zeroshot import build_head, load_templates
 
-MODELS = ("resnet50", "clip:RN50")
+MODELS = DEFAULT_MODELS
 
 
 def bare_images_per_s(classifiers, classes, n_images: int, batch: int, channels_last: bool) -> float:

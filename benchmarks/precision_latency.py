@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from clipcompare.models.spec import DEFAULT_MODELS
     from clipcompare.precision import PrecisionConfig, steady_heap
 
     threads = args.threads or torch.get_num_threads()
     allocator = steady_heap()
-    models = args.models or ["resnet50", "clip:RN50"]
+    models = args.models or list(DEFAULT_MODELS)
     config = PrecisionConfig(
         dtypes=("fp32",), batch_sizes=(args.batch_size,), device="cpu", warmup=2,
         min_runs=5, min_time_s=args.min_time, max_time_s=max(60.0, 4 * args.min_time), threads=threads,

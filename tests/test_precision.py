@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from clipcompare.cli import main
+from clipcompare.imagenet.classes import SEED_LABELS
 from clipcompare.models.classifier import ClassSet, SupervisedClassifier
 from clipcompare.models.loading import LoadedModel
 from clipcompare.models.spec import ModelSpec
 from clipcompare.precision import (
-    SEED_CLASSES,
     PrecisionConfig,
     dtype_support,
     evaluate,
@@ -204,7 +204,7 @@ def _toy_classifier() -> SupervisedClassifier:
 def _toy_run(**overrides):
     config = PrecisionConfig(**{**FAST, **overrides})
     return evaluate_model(
-        _toy_classifier(), classes=ClassSet.from_labels(SEED_CLASSES), pil_images=generate_images(3, size=(40, 40)),
+        _toy_classifier(), classes=ClassSet.from_labels(SEED_LABELS), pil_images=generate_images(3, size=(40, 40)),
         config=config, support={d: dtype_support(d, config.device) for d in config.dtypes},
     )
 

@@ -15,13 +15,6 @@ from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier
 
 log = logging.getLogger(__name__)
 
-# The seed notebooks' 10-class comparison: all ImageNet classes, so both models can take part.
-SEED_LABELS: tuple[str, ...] = (
-    "bald eagle", "axolotl", "common iguana", "Indian cobra", "peacock",
-    "scorpion", "centipede", "black swan", "French bulldog", "leopard",
-)
-
-
 @dataclass
 class Prediction:
     label: str

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from clipcompare.cli.common import add_model_args, csv_list, model_specs, print_json
+from clipcompare.models.spec import DEFAULT_MODELS
 
 RAW_COSINE_HELP = (
     "softmax over raw cosine similarities with no temperature, as the seed notebooks did. Cosines "
@@ -36,13 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-random", action="store_true",
                    help="use random weights when pretrained weights are missing (for dry runs; results are meaningless)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    add_model_args(p, default=("resnet50", "clip:RN50"))
+    add_model_args(p, default=DEFAULT_MODELS)
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clipcompare.classify import SEED_LABELS, classify, open_images, results_to_dict
+    from clipcompare.classify import classify, open_images, results_to_dict
     from clipcompare.errors import UserError
+    from clipcompare.imagenet.classes import SEED_LABELS
     from clipcompare.models.classifier import ClassSet, create_classifier
     from clipcompare.zeroshot import default_cache_dir
 

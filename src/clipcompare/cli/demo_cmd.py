@@ -11,8 +11,7 @@ import argparse
 from pathlib import Path
 
 from clipcompare.cli.common import add_model_args, model_specs
-
-DEMO_MODELS: tuple[str, ...] = ("resnet50", "clip:RN50")
+from clipcompare.models.spec import DEFAULT_MODELS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,18 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
     p.add_argument("--per-class", type=int, default=3, help="generated images per class (default 3)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    add_model_args(p, DEMO_MODELS)
+    add_model_args(p, DEFAULT_MODELS)
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clipcompare.classify import SEED_LABELS
     from clipcompare.cli.evaluate_cmd import format_summary, summary_rows
     from clipcompare.cli.inspect_cmd import render
     from clipcompare.data.synthetic import make_image_folder
     from clipcompare.errors import UserError
     from clipcompare.evaluate import EvaluateOptions, evaluate
-    from clipcompare.imagenet import imagenet_classes
+    from clipcompare.imagenet.classes import SEED_LABELS, imagenet_classes
     from clipcompare.models.classifier import ClassSet
     from clipcompare.models.inspect import build_report
 

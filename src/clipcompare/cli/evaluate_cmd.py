@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcompare.cli.common import add_model_args, int_at_least, model_specs, print_json
-
-DEFAULT_MODELS = ("resnet50", "clip:RN50")
+from clipcompare.models.spec import DEFAULT_MODELS
 
 DATASET_HELP = (
     "KIND=PATH, repeatable. Kinds: imagenet (val images in wnid folders), imagenet-v2 (folders 0..999), "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from clipcompare.cli.common import add_model_args, model_specs, print_json
+from clipcompare.models.spec import DEFAULT_MODELS
 
 if TYPE_CHECKING:  # the library imports torch; keep `--help` instant
     from clipcompare.models.inspect import (
@@ -15,7 +16,6 @@ if TYPE_CHECKING:  # the library imports torch; keep `--help` instant
         StructuralDiff,
     )
 
-DEFAULT_MODELS: tuple[str, ...] = ("resnet50", "clip:RN50")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

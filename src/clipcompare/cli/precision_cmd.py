@@ -13,6 +13,7 @@ from clipcompare.cli.common import (
     model_specs,
     print_json,
 )
+from clipcompare.models.spec import DEFAULT_MODELS
 
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrained weights fall back to random initialisation (noted); dtypes the device cannot "
         "run, or only emulates, are reported as such.",
     )
-    add_model_args(p, default=("resnet50", "clip:RN50"))
+    add_model_args(p, default=DEFAULT_MODELS)
     p.add_argument("--dtypes", type=_dtypes, default=DTYPE_CHOICES, metavar="LIST",
                    help="comma-separated dtypes from fp32,fp16,bf16 (default: all three)")
     p.add_argument("--mode", choices=("cast", "autocast"), default="cast",
@@ -90,17 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clipcompare.precision import (
-        SEED_CLASSES,
-        PrecisionConfig,
-        evaluate,
-        save_report,
-    )
+    from clipcompare.imagenet.classes import SEED_LABELS
+    from clipcompare.precision import PrecisionConfig, evaluate, save_report
 
     config = PrecisionConfig(
         dtypes=args.dtypes, mode=args.mode, batch_sizes=args.batch_sizes, device=args.device,
         channels_last=args.channels_last, compile=args.compile,
-        labels=tuple(args.labels) if args.labels else SEED_CLASSES, templates=args.templates,
+        labels=tuple(args.labels) if args.labels else SEED_LABELS, templates=args.templates,
         images=args.images, max_images=args.max_images, warmup=args.warmup, min_runs=args.min_runs,
         min_time_s=args.min_time, max_time_s=max(args.max_time, args.min_time), threads=args.threads,
     )

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+# The seed notebooks' 10-class comparison; all are ImageNet classes, so both model kinds take part.
+SEED_LABELS: tuple[str, ...] = (
+    "bald eagle", "axolotl", "common iguana", "Indian cobra", "peacock",
+    "scorpion", "centipede", "black swan", "French bulldog", "leopard",
+)
+
 
 @dataclass(frozen=True)
 class ImageNetClass:

@@ -23,6 +23,8 @@ from clipcompare.errors import UserError
 Family = Literal["torchvision", "clip"]
 
 DEFAULT_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
+# the comparison this tool is about: every command defaults to it
+DEFAULT_MODELS: tuple[str, ...] = ("resnet50", "clip:RN50")
 DEFAULT_CLIP_TAG = "openai"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-/]+$")

@@ -33,7 +33,6 @@ from clipcompare.precision.memory import (
 )
 from clipcompare.precision.report import save_report
 from clipcompare.precision.run import (
-    SEED_CLASSES,
     PrecisionConfig,
     evaluate,
     evaluate_model,
@@ -43,7 +42,6 @@ from clipcompare.precision.timing import measure_latency
 from clipcompare.runtime import steady_heap
 
 __all__ = [
-    "SEED_CLASSES",
     "PrecisionConfig",
     "dtype_support",
     "evaluate",

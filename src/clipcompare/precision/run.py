@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from clipcompare.errors import UserError
+from clipcompare.imagenet.classes import SEED_LABELS
 from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier, create_classifier, wrap_loaded
 from clipcompare.models.inspect import image_tower
 from clipcompare.models.spec import ModelSpec, parse_spec
@@ -44,15 +45,6 @@ log = logging.getLogger(__name__)
 
 MODES: tuple[str, ...] = ("cast", "autocast")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-DEFAULT_MODELS: tuple[str, ...] = ("resnet50", "clip:RN50")
-
-# The seed notebooks' 10 ImageNet classes: small enough that CLIP's text head costs nothing on CPU.
-SEED_CLASSES: tuple[str, ...] = (
-    "bald eagle", "axolotl", "common iguana", "Indian cobra", "peacock",
-    "scorpion", "centipede", "black swan", "French bulldog", "leopard",
-)
-
-
 @dataclass(frozen=True)
 class PrecisionConfig:
     """What to measure and how carefully; validated on construction (UserError on bad values)."""
@@ -63,7 +55,7 @@ class PrecisionConfig:
     device: str = "cpu"
     channels_last: bool = False
     compile: bool = False
-    labels: tuple[str, ...] = SEED_CLASSES
+    labels: tuple[str, ...] = SEED_LABELS  # small: CLIP's text head costs nothing on CPU
     templates: str = "single"
     images: Path | None = None
     max_images: int = 16
