@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from clipcompare.data.decode import load_rgb
 from clipcompare.errors import UserError
 from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier
 
@@ -35,8 +36,7 @@ def open_images(paths: Sequence[Path]) -> list[Image.Image]:
         if not Path(p).is_file():
             raise UserError(f"image not found: {p}")
         try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
+            images.append(load_rgb(p))
         except Exception as exc:  # PIL raises many types for corrupt or non-image files
             raise UserError(f"cannot read image {p}: {exc.__class__.__name__}: {exc}") from None
     return images

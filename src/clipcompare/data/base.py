@@ -11,7 +11,7 @@ from typing import NamedTuple
 from clipcompare.errors import UserError
 from clipcompare.models.classifier import ClassSet
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 
 class Sample(NamedTuple):
