@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,23 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {minimum}"  # argparse names the type in some messages
     return parse
+
+
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool], *, indent: str = "",
+    rule: bool = False,
+) -> list[str]:
+    """Plain aligned columns: ``right[i]`` right-aligns column i (numbers); ``rule`` dashes under the header."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
+        return (indent + "  ".join(parts)).rstrip()
+
+    lines = [line(header)]
+    if rule:
+        lines.append(line(["-" * w for w in widths]))
+    return lines + [line(r) for r in rows]
 
 
 def csv_list(text: str) -> list[str]:

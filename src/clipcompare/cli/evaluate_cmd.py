@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clipcompare.cli.common import add_model_args, int_at_least, model_specs, print_json
+from clipcompare.cli.common import add_model_args, format_table, int_at_least, model_specs, print_json
 from clipcompare.models.spec import DEFAULT_MODELS
 
 DATASET_HELP = (
@@ -100,14 +100,12 @@ def _pct(x: float | None) -> str:
 def format_summary(metrics: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> str:
     """A plain-text table plus the pairwise 'only one model is right' counts and notes."""
     header = ("dataset", "model", "images", "top-1", "top-5", "per-class", "WN dist", "skipped")
-    table = [header] + [
+    cells = [
         (r["dataset"], r["model"], str(r["images"]), _pct(r["top1"]), _pct(r["top5"]), _pct(r["mean_per_class"]),
          "-" if r["wordnet_distance"] is None else f"{r['wordnet_distance']:.2f}", str(r["skipped"]))
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in table]
+    lines = format_table(header, cells, [False, False] + [True] * 6)
     for name, ds in metrics["datasets"].items():
         for model, m in ds.get("models", {}).items():
             worst = [w["text"].replace(" misclassified", "") for w in m.get("most_misclassified", [])[:SHOW]]

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from clipcompare.cli.common import add_model_args, model_specs, print_json
+from clipcompare.cli.common import add_model_args, format_table, model_specs, print_json
 from clipcompare.models.spec import DEFAULT_MODELS
 
 if TYPE_CHECKING:  # the library imports torch; keep `--help` instant
@@ -63,19 +63,6 @@ def _shape(shape: Sequence[int]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
 
-def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool], indent: str = "  "
-) -> list[str]:
-    """Plain aligned columns; ``right[i]`` right-aligns column i (numbers)."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
-        return (indent + "  ".join(parts)).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
-
-
 def _model_lines(m: ModelInspection) -> list[str]:
     size = f"{m.image_size}×{m.image_size}"
     if m.params_text is not None:
@@ -105,8 +92,8 @@ def _model_lines(m: ModelInspection) -> list[str]:
         for s in m.stages
     ]
     rows.append(["total", "", f"{sum(s.params for s in m.stages):,}", "", _flops(sum(s.flops for s in m.stages))])
-    lines += _table(["stage", "modules", "params", f"output ({size})", "FLOPs"], rows,
-                    [False, False, True, False, True])
+    lines += format_table(["stage", "modules", "params", f"output ({size})", "FLOPs"], rows,
+                          [False, False, True, False, True], indent="  ")
     return lines
 
 
@@ -139,7 +126,7 @@ def _layer_count_lines(models: Sequence[ModelInspection]) -> list[str]:
     ]
     return [
         "Layer counts (image towers)",
-        *_table(["", *(m.name for m in models)], rows, [False, *([True] * len(models))]),
+        *format_table(["", *(m.name for m in models)], rows, [False, *([True] * len(models))], indent="  "),
         "  * nn.Linear modules, plus each nn.MultiheadAttention's packed q/k/v input projection",
     ]
 

@@ -9,6 +9,7 @@ from typing import Any
 from clipcompare.cli.common import (
     add_model_args,
     csv_list,
+    format_table,
     int_at_least,
     model_specs,
     print_json,
@@ -124,16 +125,6 @@ def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _table(header: list[str], rows: list[list[str]], text_cols: int = 1) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(row: list[str]) -> str:
-        # the first `text_cols` columns are words (left-aligned), the rest numbers (right-aligned)
-        return "  ".join(c.ljust(w) if i < text_cols else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    return [fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]]
-
-
 def _status(r: dict[str, Any]) -> str:
     if r["status"] == "ok" and r.get("native") is False:
         return "emulated"
@@ -173,8 +164,8 @@ def format_report(report: dict[str, Any]) -> str:
                     _mib(mem.get("peak_inference_bytes")),
                 ])
                 first = False
-        lines += _table(["dtype", "status", "weights", "batch", "median ms", "mean ± std ms", "p90 ms",
-                         "img/s", "runs", "peak mem"], rows, text_cols=2)
+        lines += format_table(["dtype", "status", "weights", "batch", "median ms", "mean ± std ms", "p90 ms",
+                               "img/s", "runs", "peak mem"], rows, [False, False] + [True] * 8, rule=True)
         drift_rows = [
             [r["dtype"], _num(d["max_abs_prob_diff"], ".2e"), _num(d["mean_abs_prob_diff"], ".2e"),
              _num(d["top1_agreement"], ".3f"), _num(d["top5_agreement"], ".3f"), _num(d["kl_mean"], ".2e"),
@@ -185,8 +176,8 @@ def format_report(report: dict[str, Any]) -> str:
             top_k = next(r["drift"]["top5_k"] for r in model["results"] if r.get("drift"))
             lines += ["", f"drift vs fp32 on {imgs['count']} {'generated images' if imgs['source'] == 'generated' else 'images from ' + imgs['source']}, "
                           f"{model['classes']} classes:"]
-            lines += _table(["dtype", "max|Δp|", "mean|Δp|", "top-1 agree", f"top-{top_k} agree", "KL mean", "KL max"],
-                            drift_rows)
+            lines += format_table(["dtype", "max|Δp|", "mean|Δp|", "top-1 agree", f"top-{top_k} agree", "KL mean",
+                                   "KL max"], drift_rows, [False] + [True] * 6, rule=True)
         notes = [f"{model['model']}: {n}" for n in model["notes"]]
         notes += [f"{r['dtype']}: {n}" for r in model["results"] for n in r["notes"]]
         notes += [f"{r['dtype']}: memory timeline {r['memory_timeline']}" for r in model["results"] if r.get("memory_timeline")]
