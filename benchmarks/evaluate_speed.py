@@ -92,8 +92,7 @@ def main() -> int:
         classifiers = [create_classifier(m, templates="single", allow_random=True) for m in MODELS]
         classes = ClassSet.imagenet()
         for clf in classifiers:
-            if hasattr(clf, "head"):  # build the zero-shot head outside the timed loop, as evaluate does
-                clf.head(classes)
+            clf.prepare(classes)  # the zero-shot head is built outside the timed loop, as evaluate does
         rates = {}
         for cl in (False, True):
             for clf in classifiers:

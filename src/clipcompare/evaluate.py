@@ -187,7 +187,8 @@ def run_dataset(
         log.info("dataset %s: %d of %d images already done, %d to go", ds.name, len(ds) - len(pending), len(ds),
                  len(pending))
     if len(pending):
-        _prepare(active, ds)
+        for clf in active:  # zero-shot heads now, so throughput (and the progress bar) covers images only
+            clf.prepare(ds.classes)
         start = time.perf_counter()
         _predict(ds, active, pending, store, skips, options, device)
         seconds = time.perf_counter() - start
@@ -196,14 +197,6 @@ def run_dataset(
                                    "images_per_s": round(len(pending) / seconds, 2)}
     store.merge(ds, [c.name for c in active])
     return notes
-
-
-def _prepare(classifiers: Sequence[Classifier], ds: ImageDataset) -> None:
-    """Build zero-shot heads before the loop, so throughput (and the progress bar) covers images only."""
-    for clf in classifiers:
-        head = getattr(clf, "head", None)  # CLIP classifiers; supervised heads need no preparation
-        if callable(head):
-            head(ds.classes)
 
 
 def make_loader(

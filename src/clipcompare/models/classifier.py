@@ -118,6 +118,9 @@ class Classifier(ABC):
         """None if ``classes`` can be scored, else the reason why not."""
         return None
 
+    def prepare(self, classes: ClassSet) -> None:
+        """Do the one-off work for ``classes`` now (CLIP: its zero-shot head), so timed loops exclude it."""
+
 
 class SupervisedClassifier(Classifier):
     """A 1000-way ImageNet classifier; its logits are sliced to the requested classes."""
@@ -181,6 +184,9 @@ class ClipClassifier(Classifier):
                 model_id=self.model_id, cache_dir=self.cache_dir, device=self.device,
             )
         return self._heads[classes.key]
+
+    def prepare(self, classes: ClassSet) -> None:
+        self.head(classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(images).float(), dim=-1)

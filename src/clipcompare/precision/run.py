@@ -184,9 +184,8 @@ class _Runner:
 
     def build_head(self) -> None:
         """Build CLIP's zero-shot head now (text tower, once), so no timed call pays for it."""
-        if isinstance(self.clf, ClipClassifier):
-            with torch.inference_mode(), self.context():
-                self.clf.head(self.classes)
+        with torch.inference_mode(), self.context():
+            self.clf.prepare(self.classes)
 
 
 def _batched_logits(runner: _Runner, images: torch.Tensor, chunk: int) -> torch.Tensor:
