@@ -77,6 +77,7 @@ class EvaluationResult:
     metrics: dict[str, Any]
     datasets: list[ImageDataset]
     models: list[str]
+    random_weights: list[str] = field(default_factory=list)  # models that ran without pretrained weights
 
 
 # --------------------------------------------------------------------------- entry point
@@ -124,7 +125,8 @@ def evaluate(
     # images/s of this invocation's prediction loops (decode + preprocess + forward + writes)
     info.update(end_time=_now(), status="complete", throughput=throughput)
     store.write_json("run.json", info)
-    return EvaluationResult(store.root, metrics, data, [c.name for c in classifiers])
+    return EvaluationResult(store.root, metrics, data, [c.name for c in classifiers],
+                            [c.name for c in classifiers if not c.pretrained])
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -52,15 +52,8 @@ def _run(args: argparse.Namespace) -> int:
                         workers=0, command=("clipcompare", "demo")),
     )
     print(format_summary(result.metrics, summary_rows(result.metrics), result.out))
-    random = [m["name"] for m in _run_models(result.out) if not m.get("pretrained", True)]
-    if random:
-        print(f"\nnote: {', '.join(random)} ran with RANDOM weights (none cached, no network), so the accuracies "
+    if result.random_weights:
+        print(f"\nnote: {', '.join(result.random_weights)} ran with RANDOM weights (none cached, no network), so the accuracies "
               "above are meaningless; the images are generated too. Put the weights where `clipcompare classify "
               "IMAGE` tells you, then run `clipcompare evaluate --dataset imagenet=/path/to/val ...` on real data.")
     return 0
-
-
-def _run_models(out: Path) -> list[dict]:
-    import json
-
-    return json.loads((out / "run.json").read_text()).get("models", [])
