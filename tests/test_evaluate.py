@@ -237,8 +237,8 @@ def test_default_workers_decode_inline_on_cpu(monkeypatch):
 
     assert default_workers("cpu") == 0
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert default_workers("cuda") == 7
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert default_workers(None) == 0
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert default_workers("cuda") == 7
     assert default_workers(None) == 7
