@@ -38,7 +38,6 @@ from clipcompare.metrics import (
     dataset_metrics,
     prob_column,
     top_column,
-    wordnet_distances,
 )
 from clipcompare.models.classifier import Classifier, create_classifier
 from clipcompare.models.spec import ModelSpec, parse_spec
@@ -322,9 +321,6 @@ def compute_metrics(
     notes: dict[str, list[str]],
 ) -> dict[str, Any]:
     """metrics.json: per dataset, its size, skipped images, notes and :func:`metrics.dataset_metrics`."""
-    distances = None
-    if any(ds.classes.imagenet_indices is not None for ds in data):
-        distances = wordnet_distances()
     out: dict[str, Any] = {"datasets": {}, "skipped_images": 0}
     for ds in data:
         reasons = skips.reasons(ds.name)
@@ -337,9 +333,8 @@ def compute_metrics(
         if final.is_file():
             df = store.read_predictions(ds.name)
             names = [c.name for c in classifiers if top_column(c.name) in df.columns]
-            entry.update(dataset_metrics(df, ds.classes.names, ds.classes.imagenet_indices, models=names,
-                                         distances=distances))
-        entry["notes"] = list(notes.get(ds.name, [])) + entry.get("notes", [])
+            entry.update(dataset_metrics(df, ds.classes.names, ds.classes.imagenet_indices, models=names))
+        entry["notes"] = list(notes.get(ds.name, []))
         out["datasets"][ds.name] = entry
         out["skipped_images"] += len(reasons)
     return out

@@ -7,15 +7,12 @@ best first. Nothing here imports torch, so metrics can be recomputed from a run 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-log = logging.getLogger(__name__)
 
 TOP_K = 5
 N_LISTED = 10  # classes / pairs listed in "most misclassified", "confused pairs", "beats"
@@ -183,16 +180,6 @@ def _only(mask: np.ndarray, paths: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- a dataset
 
 
-def wordnet_distances() -> np.ndarray | None:
-    """The 1000×1000 WordNet distance matrix, or None when the hierarchy module is unavailable."""
-    try:
-        from clipcompare.imagenet.wordnet import class_distance_matrix
-    except ImportError:
-        log.info("clipcompare.imagenet.wordnet is not available: no WordNet distances")
-        return None
-    return np.asarray(class_distance_matrix())
-
-
 def unique_names(names: Sequence[str], imagenet_indices: Sequence[int] | None = None) -> list[str]:
     """Class names usable as keys: a repeated name gets its ImageNet index (or position) appended.
 
@@ -217,13 +204,15 @@ def dataset_metrics(
     """Per-model metrics and pairwise comparisons for one dataset's predictions.
 
     ``distances`` is the WordNet distance matrix over ImageNet indices; when None and the classes are
-    ImageNet classes it is loaded from :mod:`clipcompare.imagenet.wordnet` if that is installed.
+    ImageNet classes it is :func:`clipcompare.imagenet.wordnet.class_distance_matrix` (cached).
     """
     models = list(models) if models is not None else models_in(df)
     names = unique_names(names, imagenet_indices)
     targets = df["target"].to_numpy(dtype=np.int64)
     if distances is None and imagenet_indices is not None:
-        distances = wordnet_distances()
+        from clipcompare.imagenet.wordnet import class_distance_matrix  # numpy only, like this module
+
+        distances = np.asarray(class_distance_matrix())
     tops = {m: top_matrix(df, m) for m in models}
     out: dict[str, Any] = {
         "n_images": int(len(df)),
@@ -233,6 +222,4 @@ def dataset_metrics(
             for a, b in combinations(models, 2)
         ],
     }
-    if imagenet_indices is not None and distances is None:
-        out["notes"] = ["WordNet distances unavailable (clipcompare.imagenet.wordnet not installed)"]
     return out
