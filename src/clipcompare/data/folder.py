@@ -16,6 +16,7 @@ from pathlib import Path
 
 from clipcompare.data.base import DatasetSpec, ImageDataset, class_folders, collect_samples, few
 from clipcompare.errors import UserError
+from clipcompare.imagenet.classes import imagenet_index_of_label
 from clipcompare.models.classifier import ClassSet
 
 
@@ -81,7 +82,7 @@ def _unmatched(labels: list[str], n: int = 5) -> list[str]:
     """The first ``n`` labels that name no single ImageNet class, for the dataset's note."""
     out = []
     for label in labels:
-        if ClassSet.from_labels([label]).imagenet_indices is None:
+        if imagenet_index_of_label(label) is None:
             out.append(label)
             if len(out) == n:
                 break

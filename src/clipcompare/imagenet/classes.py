@@ -96,6 +96,26 @@ def index_of_wnid(wnid: str) -> int | None:
     return _wnid_to_index().get(wnid)
 
 
+@cache
+def _label_lookup() -> dict[str, frozenset[int]]:
+    """Lower-cased CLIP name or WordNet lemma → the class indices carrying it."""
+    lookup: dict[str, set[int]] = {}
+    for c in imagenet_classes():
+        for key in {c.clip_name, *c.lemmas}:
+            lookup.setdefault(key.lower(), set()).add(c.index)
+    return {k: frozenset(v) for k, v in lookup.items()}
+
+
+def imagenet_index_of_label(label: str) -> int | None:
+    """The class a label names (wnid, CLIP name or lemma, case-insensitive); None if none or ambiguous
+    (``crane`` is both a bird and a machine)."""
+    wnid_idx = index_of_wnid(label)
+    if wnid_idx is not None:
+        return wnid_idx
+    hits = _label_lookup().get(label.lower(), frozenset())
+    return next(iter(hits)) if len(hits) == 1 else None
+
+
 def _subset(filename: str) -> tuple[int, ...]:
     return tuple(int(x) for x in _timm_info_lines(filename))
 

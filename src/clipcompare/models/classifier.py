@@ -52,23 +52,18 @@ class ClassSet:
         A label matches a class by wnid, CLIP's class name, or a WordNet lemma (case-insensitive);
         a lemma shared by two classes (``crane``) is ambiguous and does not map.
         """
-        from clipcompare.imagenet.classes import imagenet_classes, index_of_wnid
+        from clipcompare.imagenet.classes import imagenet_classes, imagenet_index_of_label, index_of_wnid
 
         classes = imagenet_classes()
-        lookup: dict[str, set[int]] = {}
-        for c in classes:
-            for key in {c.clip_name, *c.lemmas}:
-                lookup.setdefault(key.lower(), set()).add(c.index)
         names = tuple(label.strip() for label in labels if label.strip())
         if not names:
             raise UserError("no labels given")
         indices: list[int] = []
         for name in names:
-            wnid_idx = index_of_wnid(name)
-            hits = {wnid_idx} if wnid_idx is not None else lookup.get(name.lower(), set())
-            if len(hits) != 1:
+            index = imagenet_index_of_label(name)
+            if index is None:
                 return cls(names, None)
-            indices.append(hits.pop())
+            indices.append(index)
         # wnids are not good prompts: show and prompt with CLIP's class name instead
         shown = tuple(classes[i].clip_name if index_of_wnid(n) is not None else n for n, i in zip(names, indices))
         return cls(shown, tuple(indices))
