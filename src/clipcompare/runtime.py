@@ -16,6 +16,18 @@ _TOP_PAD = 64 << 20
 _state: str | None = None
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL("libc.so.6")
+
+
+def malloc_trim() -> None:
+    """Hand glibc's free memory back to the kernel (a no-op where libc is not glibc)."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def steady_heap() -> str:
     """Make glibc keep freed memory for reuse instead of returning it to the kernel; says what it did.
 
@@ -32,7 +44,7 @@ def steady_heap() -> str:
     global _state
     if _state is None:
         try:
-            libc = ctypes.CDLL("libc.so.6")
+            libc = _libc()
             ok = all(libc.mallopt(p, v) == 1 for p, v in
                      ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM), (_M_TOP_PAD, _TOP_PAD)))
             _state = ("glibc: no mmap for large blocks, trim threshold 1 GiB (freed memory reused between calls)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from clipcompare.precision.report import _pyplot
+from clipcompare.runtime import malloc_trim
 
 
 def weight_bytes(model: nn.Module) -> dict[str, int]:
@@ -63,15 +63,6 @@ def _proc_status_kib(*keys: str) -> dict[str, int]:
     return out
 
 
-def _malloc_trim() -> None:
-    # Hand glibc's free lists back to the kernel, so that memory freed by earlier runs is not
-    # silently reused (and missed) by the measured one.
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def reset_rss_peak() -> str | None:
     """Reset the kernel's resident-set high-water mark (VmHWM); the reason when that is not possible."""
     try:
@@ -98,7 +89,9 @@ def measure_peak_memory(fn: Callable[[], Any], device: str) -> MemoryStats:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         return MemoryStats("cuda.max_memory_allocated", peak - base, peak)
-    _malloc_trim()
+    # memory freed by earlier runs goes back to the kernel first, so the measured call cannot
+    # silently reuse it (and be missed by the resident-set peak)
+    malloc_trim()
     reason = reset_rss_peak()
     if reason is not None:
         return MemoryStats("unavailable", note=f"peak CPU memory not measured: {reason}")
