@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 
 from clipcompare.data import ImageDataset
 from clipcompare.errors import UserError
+from clipcompare.fileio import atomic_path, atomic_write_bytes
 from clipcompare.metrics import TOP_K, prob_column, top_column
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class RunStore:
 
     def write_json(self, name: str, obj: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(self.root / name, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+        atomic_write_bytes(self.root / name, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
     def write_part(self, dataset: str, table: pa.Table) -> Path:
         parts = self.parts_dir(dataset)
@@ -138,15 +138,8 @@ def _empty_table(models: Sequence[str], k: int) -> pa.Table:
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:

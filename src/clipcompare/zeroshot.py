@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipcompare.errors import UserError
+from clipcompare.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,6 @@ def cached_head(
     head = build_head(model, tokenizer, classnames, templates, device=device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(head.cpu(), tmp)
-        tmp.replace(path)  # atomic: a concurrent or interrupted run never sees half a file
+        with atomic_path(path) as tmp:  # a concurrent or interrupted run never sees half a file
+            torch.save(head.cpu(), tmp)
     return head

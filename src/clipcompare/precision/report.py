@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clipcompare.fileio import atomic_write_bytes
+
 
 def _jsonable(obj: Any) -> Any:
     """Paths to str, tuples to lists, non-finite floats to None (JSON has no NaN)."""
@@ -28,9 +30,7 @@ def save_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     png = plot_report(report, out_dir / "precision.png")
     report["files"] = {"plot": png.name, "json": "precision.json"}
     path = out_dir / "precision.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(path, (json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n").encode())
     return {"json": path, "plot": png}
 
 
