@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from clipcompare.cli.common import int_at_least, print_json
+
 SYNSET_HELP = "a wnid (n02102040), class index (217), WordNet name (dog.n.01), CLIP class name or lemma"
 
 
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--tree", metavar="SYNSET", help="print the hierarchy below SYNSET with class counts")
     mode.add_argument("--ambiguous", action="store_true", help="names shared by several classes")
     mode.add_argument("--distance", nargs=2, metavar=("A", "B"), help="tree distance and common ancestor of A and B")
-    p.add_argument("--depth", type=int, default=3, metavar="N", help="levels shown by --tree (default: 3)")
+    p.add_argument("--depth", type=int_at_least(0), default=3, metavar="N", help="levels shown by --tree (default: 3)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_run)
 
@@ -36,8 +38,6 @@ def _label(s: Any) -> str:
 
 
 def _show(args: argparse.Namespace, W: Any, clip: dict[int, str]) -> None:
-    from clipcompare.cli.common import print_json
-
     s = W.synset(args.synset)
     paths = W.hypernym_paths(s)
     if args.json:
@@ -56,8 +56,6 @@ def _show(args: argparse.Namespace, W: Any, clip: dict[int, str]) -> None:
 
 
 def _under(args: argparse.Namespace, W: Any, clip: dict[int, str]) -> None:
-    from clipcompare.cli.common import print_json
-
     s = W.synset(args.under)
     rows = [(i, W.synset(i)) for i in W.classes_under(s)]
     if args.json:
@@ -70,11 +68,6 @@ def _under(args: argparse.Namespace, W: Any, clip: dict[int, str]) -> None:
 
 
 def _tree(args: argparse.Namespace, W: Any) -> None:
-    from clipcompare.cli.common import print_json
-    from clipcompare.errors import UserError
-
-    if args.depth < 0:
-        raise UserError("--depth must be >= 0")
     tree = W.subtree(args.tree, args.depth)
     if args.json:
         print_json(tree)
@@ -89,8 +82,6 @@ def _tree(args: argparse.Namespace, W: Any) -> None:
 
 
 def _ambiguous(args: argparse.Namespace, W: Any, clip: dict[int, str]) -> None:
-    from clipcompare.cli.common import print_json
-
     names = W.ambiguous_names()
     if args.json:
         print_json([{"name": n, "classes": [{**_brief(W.synset(i)), "clip_name": clip[i],
@@ -106,8 +97,6 @@ def _ambiguous(args: argparse.Namespace, W: Any, clip: dict[int, str]) -> None:
 
 
 def _distance(args: argparse.Namespace, W: Any) -> None:
-    from clipcompare.cli.common import print_json
-
     a, b = (W.synset(x) for x in args.distance)
     lca = W.lowest_common_ancestor(a, b)
     d = W.tree_distance(a, b)
@@ -122,21 +111,17 @@ def _distance(args: argparse.Namespace, W: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from clipcompare.imagenet import wordnet as W
+    from clipcompare.imagenet.classes import imagenet_classes
 
-    def clip_names() -> dict[int, str]:
-        # imagenet_classes() imports open_clip: only pay for it where names are shown
-        from clipcompare.imagenet.classes import imagenet_classes
-
-        return {c.index: c.clip_name for c in imagenet_classes()}
-
+    clip = {c.index: c.clip_name for c in imagenet_classes()}
     if args.under:
-        _under(args, W, clip_names())
+        _under(args, W, clip)
     elif args.tree:
         _tree(args, W)
     elif args.ambiguous:
-        _ambiguous(args, W, clip_names())
+        _ambiguous(args, W, clip)
     elif args.distance:
         _distance(args, W)
     else:
-        _show(args, W, clip_names())
+        _show(args, W, clip)
     return 0
