@@ -6,15 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from clipcompare.data.synthetic import synthetic_image
 
 
 def make_image(path: Path, size: tuple[int, int] = (96, 72), seed: int = 0) -> Path:
-    """A smooth random colour image (JPEG or PNG by suffix)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    base = rng.integers(0, 255, size=(4, 4, 3), dtype=np.uint8)
-    img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+    """The package's generated image (JPEG or PNG by suffix)."""
+    img = synthetic_image(np.random.default_rng(seed), size)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
