@@ -122,6 +122,8 @@ def test_evaluate_equals_a_full_reference_and_skips_corrupt_images(tiny_clip, co
     ref = clip_benchmark_recalls(txt @ img.T, owner, (1, 5, 10))
     assert {k: got[k] for k in ref} == pytest.approx(ref, abs=1e-6)
     assert (got["images"], got["captions"], got["skipped"], got["split"]) == (16, 80, 0, "val")
+    given = evaluate(model, split, tokenizer=None, preprocess=pre, text_embeddings=txt)  # a trainer's cached texts
+    assert {k: given[k] for k in ref} == pytest.approx(ref, abs=1e-6)
 
     # a corrupt file: that image and its 5 captions leave the evaluation, and it is counted
     import shutil

@@ -118,7 +118,7 @@ def evaluate(
     model: nn.Module,
     images: CaptionedImages,
     *,
-    tokenizer: Callable[..., torch.Tensor],
+    tokenizer: Callable[..., torch.Tensor] | None,
     preprocess: Callable[[Any], torch.Tensor],
     batch_size: int = 64,
     device: str | torch.device = "cpu",
@@ -126,20 +126,28 @@ def evaluate(
     model_id: str | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     workers: int = 0,
+    text_embeddings: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Recall@K of ``model`` on ``images``: the recalls plus images/captions counted and images skipped.
 
     Undecodable images are left out with their captions (counted in ``skipped``). ``model_id`` keys
-    the caption cache (default: the weights fingerprint of the whole model).
+    the caption cache (default: the weights fingerprint of the whole model). ``text_embeddings``
+    ([5 × len(images), D], L2-normalised, in ``flat_captions`` order) skips the text side, e.g. a
+    training loop's cached embeddings of a frozen text tower; ``tokenizer`` may then be None.
     """
     from clipcompare.captions import caption_embeddings
     from clipcompare.models.hashing import weights_fingerprint
 
     start = time.perf_counter()
-    model_id = model_id or f"{type(model).__name__}#{weights_fingerprint(model)}"
     texts, owner = images.flat_captions()
-    text_emb = caption_embeddings(model, tokenizer, texts, model_id=model_id, cache_dir=caption_cache_dir,
-                                  device=device)
+    if text_embeddings is not None:
+        if text_embeddings.shape[0] != len(texts):
+            raise ValueError(f"text_embeddings has {text_embeddings.shape[0]} rows for {len(texts)} captions")
+        text_emb = text_embeddings.float().to(device)
+    else:
+        model_id = model_id or f"{type(model).__name__}#{weights_fingerprint(model)}"
+        text_emb = caption_embeddings(model, tokenizer, texts, model_id=model_id, cache_dir=caption_cache_dir,
+                                      device=device)
     image_emb, kept, skipped = encode_images(model, CaptionImageDataset(images, preprocess),
                                              batch_size=batch_size, device=device, workers=workers)
     if not kept:
