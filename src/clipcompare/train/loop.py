@@ -176,22 +176,6 @@ def embed_pixels(encode: Callable[[torch.Tensor], torch.Tensor], source, *, batc
     return torch.cat(positions), torch.cat(feats)
 
 
-@torch.no_grad()
-def embed_pil(encode: Callable[[torch.Tensor], torch.Tensor], root: Path, paths: Sequence[str], preprocess, *,
-              batch_size: int, device: torch.device, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """As :func:`embed_pixels`, through a model's own PIL preprocessing (the CLIP reference row)."""
-    from clipcompare.data.decode import DecodedImages, collate
-
-    loader = torch.utils.data.DataLoader(DecodedImages(root, paths, [preprocess]), batch_size=batch_size,
-                                         collate_fn=collate, num_workers=workers)
-    positions, feats = [], []
-    for batch in loader:
-        if len(batch.positions):
-            feats.append(F.normalize(encode(batch.tensors[0].to(device)).float(), dim=-1))
-            positions.append(batch.positions)
-    return torch.cat(positions), torch.cat(feats)
-
-
 def retrieval_metrics(positions: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
                       text_image: Sequence[int], *, logit_scale: float | None = None,
                       loss_batch: int = 0) -> dict[str, Any]:

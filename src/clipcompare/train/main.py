@@ -34,7 +34,7 @@ from clipcompare.train.checkpoint import load_checkpoint, rng_state, save_checkp
 from clipcompare.train.config import TrainConfig, difference
 from clipcompare.train.images import PixelSource
 from clipcompare.train.loop import (
-    Trainer, append_jsonl, embed_pil, embed_pixels, epoch_captions, epoch_order, retrieval_metrics, run_epoch,
+    Trainer, append_jsonl, embed_pixels, epoch_captions, epoch_order, retrieval_metrics, run_epoch,
     truncate_jsonl,
 )
 from clipcompare.train.model import ContrastiveModel, build_model, parameter_counts
@@ -249,10 +249,16 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
             metrics, _, _ = _evaluate(model, data, config, device, with_loss=False)
             start_rows.append(_row(f"{config.image_model} + untrained head", "start", metrics))
             if built.clip_visual is not None:
-                ref = built.clip_visual.to(device).eval()
-                pos, emb = embed_pil(ref, splits.val.root, splits.val.paths, built.clip_preprocess,
-                                     batch_size=config.batch_size, device=device, workers=config.workers)
-                metrics = retrieval_metrics(pos, emb, val_text, val_owner)
+                from types import SimpleNamespace
+
+                from clipcompare.retrieval import evaluate as retrieval_evaluate
+
+                # the text model's own image tower, through its own preprocessing, against the same captions
+                ref = SimpleNamespace(encode_image=built.clip_visual.to(device).eval())
+                with torch.no_grad():
+                    metrics = retrieval_evaluate(ref, splits.val, tokenizer=None, preprocess=built.clip_preprocess,
+                                                 batch_size=config.batch_size, device=device, workers=config.workers,
+                                                 text_embeddings=val_text)
                 start_rows.append(_row(f"{config.text_model} (its own image tower)", "reference", metrics))
             for r in start_rows:
                 announce(_row_line(r))
