@@ -143,6 +143,20 @@ def test_trained_checkpoint_is_a_model_spec(trained_run, tmp_path, capsys):
     assert sum(p["prob"] for p in preds) == pytest.approx(1, abs=1e-4)
 
 
+def test_retrieval_command_reproduces_the_trained_row(trained_run, coco, capsys):
+    """`clipcompare retrieval -m trained=PATH` on the same split gives the run's own final recalls."""
+    out, _ = trained_run
+    code, stdout, err = _main(capsys, "retrieval", "-m", f"trained={out / 'checkpoints' / 'latest.pt'}",
+                              "--coco", str(coco), "--val-size", "60", "--device", "cpu", "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    row = doc["results"][0]
+    trained = next(r for r in json.loads((out / "retrieval.json").read_text())["rows"] if r["role"] == "trained")
+    for key in ("text_retrieval_recall@1", "text_retrieval_recall@5", "image_retrieval_recall@1",
+                "image_retrieval_recall@10"):
+        assert row[key] == pytest.approx(trained[key]), key
+
+
 def test_resume_after_sigkill_is_bitwise_identical(coco, tmp_path, capsys):
     from clipcompare.train.loop import KILL_ENV
     from clipcompare.train.main import train
