@@ -89,6 +89,15 @@ def check_run_dir(config: TrainConfig) -> dict[str, Any] | None:
     return stored
 
 
+def make_optimizer(model: ContrastiveModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; as open_clip, no weight decay on gains, biases and the temperature."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    plain = [p for n, p in trainable if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n]
+    decayed = [p for n, p in trainable if not any(p is q for q in plain)]
+    return torch.optim.AdamW([{"params": plain, "weight_decay": 0.0},
+                              {"params": decayed, "weight_decay": config.wd}], lr=config.lr)
+
+
 def _check_precision(config: TrainConfig, device: torch.device) -> None:
     from clipcompare.precision.support import dtype_support
 
@@ -266,12 +275,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
     else:
         start_rows = list(ckpt["training"]["start_rows"])
 
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    # as open_clip: no weight decay on gains, biases and the temperature
-    plain = [p for n, p in trainable if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n]
-    decayed = [p for n, p in trainable if not any(p is q for q in plain)]
-    optimizer = torch.optim.AdamW([{"params": plain, "weight_decay": 0.0},
-                                   {"params": decayed, "weight_decay": config.wd}], lr=config.lr)
+    optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
 
     valid = data.train.valid_indices() or list(range(len(splits.train)))
