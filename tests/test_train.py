@@ -141,6 +141,22 @@ def test_trained_checkpoint_is_a_model_spec(trained_run, tmp_path, capsys):
     preds = json.loads(out)["results"][0]["predictions"]["trained=learn/latest.pt"]
     assert {p["label"] for p in preds} == {"red circle", "blue square"}
     assert sum(p["prob"] for p in preds) == pytest.approx(1, abs=1e-4)
+    # evaluate: zero-shot over a folder whose class names are captions' words
+    folder = tmp_path / "shapes"
+    rng = np.random.default_rng(1)
+    for colour, shape in (("red", "circle"), ("blue", "square")):
+        (folder / f"{colour} {shape}").mkdir(parents=True)
+        for k in range(3):
+            shape_image(rng, colour, shape, "left", (64, 64)).save(folder / f"{colour} {shape}" / f"{k}.png")
+    code, out_text, err = _main(capsys, "evaluate", "-m", f"trained={path}", "-d", f"folder={folder}",
+                                "--out", str(tmp_path / "eval"), "--templates", "single", "--workers", "0",
+                                "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "trained=learn/latest.pt" in json.dumps(metrics) and "folder" in out_text
+    code, out_text, err = _main(capsys, "inspect", "-m", f"trained={path}", "--json")
+    assert code == 0, err
+    assert json.loads(out_text)["models"][0]["params_image"] == 11_176_512 + 295_488
 
 
 def test_retrieval_command_reproduces_the_trained_row(trained_run, coco, capsys):
