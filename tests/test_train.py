@@ -258,3 +258,31 @@ def test_reference_model_counts_exact(tmp_path):
     assert counts["frozen"] == text == 63_428_096
     learnt = parameter_counts(build_model(replace(config, fixed_temperature=False)).model)
     assert learnt["trainable"] == 28_753_473 and learnt["temperature"] == 1
+
+
+def test_image_cache_is_exact_and_skips_corrupt_images(tmp_path):
+    """--cache-images serves exactly the decoded+resized pixels; an undecodable file is skipped and counted."""
+    from helpers import make_image
+
+    from clipcompare.data.decode import load_rgb
+    from clipcompare.train.images import PixelSource
+    from clipcompare.train.model import Normalize, Preprocess, ResizeToUint8
+
+    paths = [f"{k}.jpg" for k in range(5)]
+    for k, p in enumerate(paths):
+        make_image(tmp_path / "img" / p, size=(40 + 7 * k, 30), seed=k)
+    (tmp_path / "img" / "2.jpg").write_bytes(b"not a jpeg")
+    requests = [[4, 2, 0], [1, 3]]
+    plain = PixelSource("val", tmp_path / "img", paths, 24)
+    cached = PixelSource("val", tmp_path / "img", paths, 24, cache_dir=tmp_path / "cache")
+    assert cached.valid_indices() == [0, 1, 3, 4] and set(cached.failed) == {2}
+    for (pa, xa), (pb, xb) in zip(plain.batches(requests), cached.batches(requests)):
+        assert pa.tolist() == pb.tolist() and torch.equal(xa, xb)
+        for pos, pixels in zip(pa.tolist(), xa):
+            assert torch.equal(pixels, ResizeToUint8(24)(load_rgb(tmp_path / "img" / paths[pos])))
+    assert set(plain.failed) == {2}
+    reopened = PixelSource("val", tmp_path / "img", paths, 24, cache_dir=tmp_path / "cache", build_cache=False)
+    assert reopened.valid_indices() == [0, 1, 3, 4]
+    # the trained model's preprocess is the same resize followed by the normalisation
+    img = load_rgb(tmp_path / "img" / "0.jpg")
+    assert torch.equal(Preprocess(24)(img), Normalize()(ResizeToUint8(24)(img)))
