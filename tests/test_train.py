@@ -117,7 +117,9 @@ def test_trained_checkpoint_is_a_model_spec(trained_run, tmp_path, capsys):
     # the same weights as the training model's final state
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
-    again, _, tokenizer = load_trained(path)
+    again = load_trained(path)
+    tokenizer = again.tokenizer
+    assert again.config.epochs == 6
     tokens = tokenizer(["a red circle at the top", "a blue square"])
     img = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model.encode_image(img), again.encode_image(img))

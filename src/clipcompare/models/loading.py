@@ -92,8 +92,8 @@ def load_trained_checkpoint(spec: ModelSpec, *, allow_random: bool = False) -> L
     from clipcompare.train.model import Preprocess, load_trained
 
     assert spec.path is not None
-    model, config, tokenizer = load_trained(spec.path)
-    return LoadedModel(spec, model, Preprocess(config.image_size), tokenizer, pretrained=True,
+    model = load_trained(spec.path)
+    return LoadedModel(spec, model, Preprocess(model.config.image_size), model.tokenizer, pretrained=True,
                        weights_file=str(spec.path))
 
 

@@ -191,17 +191,16 @@ def train(config: TrainConfig, *, command: Sequence[str] | None = None, announce
     ``announce`` receives the few lines a person wants to see (counts, per-epoch recalls);
     ``progress`` shows a progress bar per epoch.
     """
-    from clipcompare.data.coco import load_caption_splits
-
     dist = D.init_distributed(config.device)
     try:
-        return _train(config, dist, list(command or sys.argv), announce, progress, load_caption_splits)
+        return _train(config, dist, list(command or sys.argv), announce, progress)
     finally:
         D.cleanup()
 
 
-def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: Announce, progress: bool,
-           load_splits) -> dict:
+def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: Announce, progress: bool) -> dict:
+    from clipcompare.data.coco import load_caption_splits
+
     if not dist.main:  # one voice under torchrun
         announce = log.debug
     stored = check_run_dir(config)
@@ -211,7 +210,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available on this machine")
     _check_precision(config, device)
-    splits = load_splits(Path(config.coco) if config.coco else None, split=config.split,
+    splits = load_caption_splits(Path(config.coco) if config.coco else None, split=config.split,
                          train_size=config.train_size, val_size=config.val_size,
                          captions_file=Path(config.captions) if config.captions else None, seed=config.seed)
     if splits.train is None or splits.val is None or not len(splits.train) or not len(splits.val):

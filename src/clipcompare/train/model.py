@@ -253,9 +253,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_trained(path: Path | str, *, device: str | torch.device = "cpu") -> tuple[ContrastiveModel, TrainConfig, Any]:
-    """(model in eval mode, its config, its tokenizer) from a checkpoint, without any download: the
-    architectures are built with random weights and the stored state dict is loaded over them."""
+def load_trained(path: Path | str, *, device: str | torch.device = "cpu") -> ContrastiveModel:
+    """The trained model (eval mode) from a checkpoint, without any download: the architectures are
+    built with random weights and the stored state dict is loaded over them. ``model.config`` is its
+    :class:`TrainConfig`, ``model.tokenizer`` the text model's tokenizer."""
     import open_clip
     from torchvision import models
 
@@ -273,4 +274,5 @@ def load_trained(path: Path | str, *, device: str | torch.device = "cpu") -> tup
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         raise UserError(f"{path} does not match its architecture (missing {missing[:2]}, unexpected {unexpected[:2]})")
-    return model.eval().to(device), config, tokenizer
+    model.config, model.tokenizer = config, tokenizer
+    return model.eval().to(device)
