@@ -59,7 +59,7 @@ def trained_run(coco, tmp_path_factory):
     from clipcompare.train.main import train
 
     out = tmp_path_factory.mktemp("runs") / "learn"
-    config = TrainConfig(out=str(out), coco=str(coco), train_size=200, val_size=60, epochs=6, batch_size=25,
+    config = TrainConfig(out=str(out), coco=str(coco), train_size=200, val_size=60, epochs=4, batch_size=25,
                          lr=2e-3, warmup=2, cache_images=True, seed=0, **TINY)
     return out, train(config, command=["test"])
 
@@ -77,7 +77,7 @@ def test_short_run_lifts_recall_far_above_chance(trained_run):
     assert trained["image_retrieval_recall@1"] > 5 * chance
     assert trained["image_retrieval_recall@10"] > start["image_retrieval_recall@10"] + 0.2
     epochs = _lines(out / "log" / "epochs.jsonl")
-    assert [e["epoch"] for e in epochs] == list(range(6))
+    assert [e["epoch"] for e in epochs] == list(range(4))
     assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
     assert epochs[-1]["text_retrieval_recall@1"] == pytest.approx(trained["text_retrieval_recall@1"])
 
@@ -89,14 +89,14 @@ def test_run_directory_layout(trained_run):
     assert run["counts"]["trainable"] == 11_176_512 + 295_488 + 1  # backbone + head + temperature
     assert run["settings"]["batch_size"] == 25 and run["split"]
     steps = _lines(out / "log" / "steps.jsonl")
-    assert [s["step"] for s in steps] == list(range(1, 6 * 8 + 1))  # 200 images / 25 = 8 steps per epoch
+    assert [s["step"] for s in steps] == list(range(1, 4 * 8 + 1))  # 200 images / 25 = 8 steps per epoch
     assert set(steps[0]) == {"epoch", "step", "loss", "lr", "temperature", "images_per_s"}
     assert all(0 < s["temperature"] <= 100 for s in steps)
     examples = json.loads((out / "retrieval_examples.json").read_text())
     assert len(examples) == 5 and all(len(e["top5"]) == 5 and (Path(e["root"]) / e["image"]).is_file() for e in examples)
     for name in ("latest.pt", "best.pt"):
         ckpt = torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=True)
-        assert ckpt["config"]["epochs"] == 6
+        assert ckpt["config"]["epochs"] == 4
     assert len(list((out / "cache").glob("*.u8"))) == 2
 
 
@@ -119,7 +119,7 @@ def test_trained_checkpoint_is_a_model_spec(trained_run, tmp_path, capsys):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
     again = load_trained(path)
     tokenizer = again.tokenizer
-    assert again.config.epochs == 6
+    assert again.config.epochs == 4
     tokens = tokenizer(["a red circle at the top", "a blue square"])
     img = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model.encode_image(img), again.encode_image(img))
