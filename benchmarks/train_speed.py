@@ -128,7 +128,7 @@ def main() -> int:
 
         schedule = cosine_lr(optimizer, config.lr, 1, 10_000)
         trainer = Trainer(model, model, optimizer, scaler, schedule, loss_fn, text_emb,
-                          np.arange(n_images) * 5, device, DistInfo(device=str(device)), precision=args.precision)
+                          np.arange(n_images) * 5, device, DistInfo(device=device), precision=args.precision)
         caps = epoch_captions(n_images, 0, 0)
 
         def on_step(record: dict) -> None:

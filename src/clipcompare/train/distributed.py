@@ -1,5 +1,9 @@
 """torchrun support: process group from the environment, rank-0-only writes, reduced metrics.
 
+Same interface as ``clipcompare.distributed`` (branch i12) for DistInfo / init_distributed /
+is_main / barrier / cleanup, plus the two reductions the trainer needs; when both are merged this
+module can import the former and keep only the reductions.
+
 ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR/PORT); without them this is a
 single process and every helper is a no-op. gloo on CPU, nccl on CUDA (each process takes the
 GPU of its LOCAL_RANK).
@@ -19,10 +23,10 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: str = "cpu"
+    device: torch.device = torch.device("cpu")
 
     @property
-    def main(self) -> bool:
+    def is_main(self) -> bool:
         return self.rank == 0
 
     @property
@@ -30,17 +34,18 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str) -> DistInfo:
+def init_distributed(device: torch.device | str) -> DistInfo:
     """Join the torchrun process group when launched by torchrun; the device each process uses."""
+    device = torch.device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(device=device)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+    if device.type == "cuda":
+        device = torch.device("cuda", local)  # one GPU per process
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world, local, device)
 
 

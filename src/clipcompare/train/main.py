@@ -131,7 +131,7 @@ def _load_text(model: ContrastiveModel, tokenizer, config: TrainConfig, images, 
     model_id = f"{config.text_model}#{weights_fingerprint(model.text)}"
     emb = None
     for turn in (True, False):  # the main process fills the cache first, the others read it
-        if dist.main == turn:
+        if dist.is_main == turn:
             emb = caption_embeddings(model, tokenizer, texts, model_id=model_id, cache_dir=default_cache_dir(),
                                      device=device)
         D.barrier()
@@ -148,7 +148,7 @@ def _pixels(config: TrainConfig, images, dist: D.DistInfo) -> PixelSource:
     cache = config.out_dir / "cache" if config.cache_images else None
     source = None
     for turn in (True, False):  # one process decodes into the cache, the others open it afterwards
-        if dist.main == turn:
+        if dist.is_main == turn:
             source = PixelSource(images.name, images.root, images.paths, config.image_size,
                                  workers=config.workers, cache_dir=cache)
         D.barrier()
@@ -201,12 +201,12 @@ def train(config: TrainConfig, *, command: Sequence[str] | None = None, announce
 def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: Announce, progress: bool) -> dict:
     from clipcompare.data.coco import load_caption_splits
 
-    if not dist.main:  # one voice under torchrun
+    if not dist.is_main:  # one voice under torchrun
         announce = log.debug
     stored = check_run_dir(config)
     D.barrier()  # every process has checked the directory before the main one writes into it
     out = config.out_dir
-    device = torch.device(dist.device)
+    device = dist.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available on this machine")
     _check_precision(config, device)
@@ -219,7 +219,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
     ckpt_path = out / "checkpoints" / "latest.pt"
     ckpt = load_checkpoint(ckpt_path) if stored is not None and ckpt_path.is_file() else None
     seed_everything(config.seed)
-    built = build_model(config, keep_clip_visual=ckpt is None and dist.main)
+    built = build_model(config, keep_clip_visual=ckpt is None and dist.is_main)
     model = built.model.to(device)
     if config.channels_last:
         model.visual.to(memory_format=torch.channels_last)
@@ -246,14 +246,14 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
     if stored is not None:
         run_info["started"] = stored.get("started")
         run_info["resumed"] = [*stored.get("resumed", []), _now()]
-    if dist.main:
+    if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "run.json", run_info)
 
     # the two reference rows are computed once, before any training, and kept in the checkpoint
     if ckpt is None:
         start_rows: list[dict] = []
-        if dist.main:
+        if dist.is_main:
             metrics, _, _ = _evaluate(model, data, config, device, with_loss=False)
             start_rows.append(_row(f"{config.image_model} + untrained head", "start", metrics))
             if built.clip_visual is not None:
@@ -298,7 +298,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
         epoch, step_in_epoch, global_step, best = state["epoch"], state["step_in_epoch"], state["global_step"], state["best"]
         history = list(state["history"])
         announce(f"resuming {out} at epoch {epoch}, step {step_in_epoch} of {steps_per_epoch} (global step {global_step})")
-    if dist.main:
+    if dist.is_main:
         truncate_jsonl(out / "log" / "steps.jsonl", lambda r: r["step"] <= global_step)
         truncate_jsonl(out / "log" / "epochs.jsonl", lambda r: r["epoch"] < epoch)
 
@@ -326,7 +326,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
 
     def on_step(record: dict) -> None:
         s = record.pop("step_in_epoch")
-        if dist.main:
+        if dist.is_main:
             append_jsonl(out / "log" / "steps.jsonl", record)
             if config.save_every and record["step"] % config.save_every == 0:
                 save(ckpt_path, (record["epoch"], s, record["step"]))
@@ -336,8 +336,8 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
         captions = epoch_captions(len(splits.train), config.seed, epoch)
         global_step = run_epoch(trainer, data.train, epoch=epoch, start_step=step_in_epoch, global_step=global_step,
                                 order=order, captions=captions, batch_size=config.batch_size, on_step=on_step,
-                                progress=dist.main and progress)
-        if dist.main:
+                                progress=dist.is_main and progress)
+        if dist.is_main:
             metrics, _, _ = _evaluate(model, data, config, device)
             record = {"epoch": epoch, "val_loss": metrics["val_loss"], **{k: metrics[k] for k in RECALL_KEYS},
                       "mean_recall@1": metrics["mean_recall@1"]}
@@ -353,7 +353,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
         epoch, step_in_epoch = epoch + 1, 0
 
     summary: dict[str, Any] = {"out": str(out), "counts": counts, "epochs": history}
-    if dist.main:
+    if dist.is_main:
         metrics, positions, emb = _evaluate(model, data, config, device, with_loss=False)
         rows = [start_rows[0], _row(f"trained ({out.name})", "trained", metrics), *start_rows[1:]]
         retrieval = {"split": splits.description, "rows": rows}
