@@ -137,6 +137,7 @@ def test_captions_file(coco, tmp_path, fmt):
     s = load_caption_splits(coco, val_size=12, which=("val",))
     rows = [(p, c) for p, caps in zip(s.val.paths, s.val.captions) for c in caps]
     rows.append((s.val.paths[0], "a sixth caption"))
+    rows.insert(1, (s.val.paths[0], "a caption quoted over\ntwo lines, with a comma"))
     file = tmp_path / f"caps.{fmt}"
     if fmt == "jsonl":
         file.write_text("".join(json.dumps({"image": p, "caption": c}) + "\n" for p, c in rows))
@@ -146,7 +147,9 @@ def test_captions_file(coco, tmp_path, fmt):
     # paths relative to --coco ROOT when given
     got = load_caption_splits(coco, captions_file=file, which=("val",))
     assert len(got.val) == 12 and got.description["kind"] == "captions"
-    assert dict(zip(got.val.paths, got.val.captions)) == dict(zip(s.val.paths, s.val.captions))
+    expect = dict(zip(s.val.paths, s.val.captions))
+    expect[s.val.paths[0]] = (rows[0][1], "a caption quoted over two lines, with a comma", *expect[s.val.paths[0]][1:4])
+    assert dict(zip(got.val.paths, got.val.captions)) == expect
     assert got.description["splits"]["val"]["more_than_5_captions"] == 1
     # training: val = first fifth of the draw, train = the rest, disjoint
     both = load_caption_splits(coco, captions_file=file)
