@@ -13,6 +13,7 @@ import torch
 from clipcompare.data.coco import CaptionImageDataset, collate_images, load_caption_splits
 from clipcompare.data.synthetic import shape_captions
 from clipcompare.errors import UserError
+from helpers import make_karpathy_file
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +34,6 @@ def _ann(root: Path, split: str) -> dict:
 
 def _write_ann(root: Path, split: str, doc: dict) -> None:
     (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(doc))
-
-
-def _karpathy(coco: Path, path: Path) -> Path:
-    """dataset_coco.json from the generated root: val2014 images split 4 val / 4 test / 4 restval."""
-    images = []
-    for folder, split_of in (("train2014", lambda k: "train"), ("val2014", lambda k: ("val", "test", "restval")[k % 3])):
-        doc = _ann(coco, folder)
-        caps: dict[int, list[str]] = {}
-        for a in sorted(doc["annotations"], key=lambda a: a["id"]):
-            caps.setdefault(a["image_id"], []).append(a["caption"])
-        for k, im in enumerate(sorted(doc["images"], key=lambda im: im["id"])):
-            images.append({"filepath": folder, "filename": im["file_name"], "split": split_of(k), "cocoid": im["id"],
-                           "sentences": [{"raw": c, "tokens": c.split()} for c in caps[im["id"]]]})
-    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
-    return path
 
 
 def test_generated_coco_layout_and_captions_describe_the_image(coco):
@@ -133,7 +119,7 @@ def test_missing_images_are_skipped_and_counted(coco, tmp_path):
 
 
 def test_karpathy_split(coco, tmp_path):
-    file = _karpathy(coco, tmp_path / "dataset_coco.json")
+    file = make_karpathy_file(coco, tmp_path / "dataset_coco.json")
     s = load_caption_splits(coco, split=f"karpathy={file}", which=("train", "val", "test"))
     assert (len(s.train), len(s.val), len(s.test)) == (30 + 4, 4, 4)  # train = train + restval
     assert s.test.name == "test" and all(p.startswith("val2014/") for p in s.test.paths)
@@ -151,6 +137,7 @@ def test_captions_file(coco, tmp_path, fmt):
     s = load_caption_splits(coco, val_size=12, which=("val",))
     rows = [(p, c) for p, caps in zip(s.val.paths, s.val.captions) for c in caps]
     rows.append((s.val.paths[0], "a sixth caption"))
+    rows.insert(1, (s.val.paths[0], "a caption quoted over\ntwo lines, with a comma"))
     file = tmp_path / f"caps.{fmt}"
     if fmt == "jsonl":
         file.write_text("".join(json.dumps({"image": p, "caption": c}) + "\n" for p, c in rows))
@@ -160,7 +147,9 @@ def test_captions_file(coco, tmp_path, fmt):
     # paths relative to --coco ROOT when given
     got = load_caption_splits(coco, captions_file=file, which=("val",))
     assert len(got.val) == 12 and got.description["kind"] == "captions"
-    assert dict(zip(got.val.paths, got.val.captions)) == dict(zip(s.val.paths, s.val.captions))
+    expect = dict(zip(s.val.paths, s.val.captions))
+    expect[s.val.paths[0]] = (rows[0][1], "a caption quoted over two lines, with a comma", *expect[s.val.paths[0]][1:4])
+    assert dict(zip(got.val.paths, got.val.captions)) == expect
     assert got.description["splits"]["val"]["more_than_5_captions"] == 1
     # training: val = first fifth of the draw, train = the rest, disjoint
     both = load_caption_splits(coco, captions_file=file)

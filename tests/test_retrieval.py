@@ -163,6 +163,21 @@ def test_retrieval_cli_end_to_end(coco, tmp_path, capsys):
     assert rc == 0 and {k: printed["results"][0][k] for k in keys} == {k: doc["results"][0][k] for k in keys}
 
 
+def test_retrieval_cli_karpathy_evaluates_test_by_default(coco, tmp_path, capsys):
+    from helpers import make_karpathy_file
+
+    file = make_karpathy_file(coco, tmp_path / "dataset_coco.json")
+    base = ["retrieval", "-m", "clip:tiny-RN-quickgelu", "--allow-random", "--coco", str(coco),
+            "--split", f"karpathy={file}", "--json"]
+    assert main(base) == 0
+    doc = json.loads(capsys.readouterr().out)
+    test_ids = set(load_caption_splits(coco, split=f"karpathy={file}", which=("test",)).test.image_ids)
+    assert doc["evaluated_on"] == "test" and len(test_ids) == 5  # val2014 ids 1, 4, 7, 10, 13 of 16
+    assert doc["results"][0]["images"] == 5 and doc["results"][0]["split"] == "test"
+    assert main([*base, "--on", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["split"] == "val"
+
+
 def _exit_code(argv: list[str]) -> int:
     try:
         return main(argv)

@@ -32,6 +32,7 @@ into ``CaptionSplits.description`` (stored in run.json / retrieval.json).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -413,17 +414,17 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, str]]:
         delimiter = ","
     else:  # open_clip's default is tab-separated whatever the suffix; let the header decide
         delimiter = "\t" if "\t" in first else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)  # quoted newlines stay in a caption
     header = reader.fieldnames or []
     ik, ck = _pick_key(header, IMAGE_KEYS), _pick_key(header, CAPTION_KEYS)
     if ik is None or ck is None:
         raise UserError(f"captions file {path}: the header must name an image column ({' or '.join(IMAGE_KEYS)}) "
                         f"and a caption column ({' or '.join(CAPTION_KEYS)}), found {header!r}")
     rows = []
-    for n, rec in enumerate(reader, 2):
+    for rec in reader:
         img, cap = rec.get(ik), rec.get(ck)
         if not img or cap is None or None in rec:
-            raise UserError(f"captions file {path} line {n}: expected {len(header)} "
+            raise UserError(f"captions file {path} line {reader.line_num}: expected {len(header)} "
                             f"{'tab' if delimiter == chr(9) else 'comma'}-separated fields")
         rows.append((img, _clean(cap)))
     return rows
