@@ -132,8 +132,9 @@ def test_trained_checkpoint_is_a_model_spec(trained_run, tmp_path, capsys):
                                encode_prompts(model, tokenizer, ["a red circle"], trim=False), atol=1e-5, rtol=0)
     clf = create_classifier(spec)
     assert isinstance(clf, ClipClassifier)
-    from clipcompare.data.synthetic import shape_image
     import numpy as np
+
+    from clipcompare.data.synthetic import shape_image
 
     image = tmp_path / "shape.png"
     shape_image(np.random.default_rng(0), "red", "circle", "left", (64, 64)).save(image)
@@ -264,11 +265,10 @@ def test_reference_model_counts_exact(tmp_path):
 
 def test_image_cache_is_exact_and_skips_corrupt_images(tmp_path):
     """--cache-images serves exactly the decoded+resized pixels; an undecodable file is skipped and counted."""
-    from helpers import make_image
-
     from clipcompare.data.decode import load_rgb
     from clipcompare.train.images import PixelSource
     from clipcompare.train.model import Normalize, Preprocess, ResizeToUint8
+    from helpers import make_image
 
     paths = [f"{k}.jpg" for k in range(5)]
     for k, p in enumerate(paths):

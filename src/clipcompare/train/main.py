@@ -34,7 +34,13 @@ from clipcompare.train.checkpoint import load_checkpoint, rng_state, save_checkp
 from clipcompare.train.config import TrainConfig, difference
 from clipcompare.train.images import PixelSource
 from clipcompare.train.loop import (
-    Trainer, append_jsonl, embed_pixels, epoch_captions, epoch_order, retrieval_metrics, run_epoch,
+    Trainer,
+    append_jsonl,
+    embed_pixels,
+    epoch_captions,
+    epoch_order,
+    retrieval_metrics,
+    run_epoch,
     truncate_jsonl,
 )
 from clipcompare.train.model import ContrastiveModel, build_model, parameter_counts
