@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,3 +28,18 @@ def make_image_folder(root: Path, classes: Sequence[str], per_class: int = 3,
             make_image(root / c / f"img_{k}{suffix}", size=size, seed=seed)
             seed += 1
     return root
+
+
+def make_karpathy_file(coco: Path, path: Path) -> Path:
+    """A Karpathy ``dataset_coco.json`` for a generated COCO root: train2014 → train; val2014 (by id) → val, test, restval in turn."""
+    images = []
+    for folder, split_of in (("train2014", lambda k: "train"), ("val2014", lambda k: ("val", "test", "restval")[k % 3])):
+        doc = json.loads((coco / "annotations" / f"captions_{folder}.json").read_text())
+        caps: dict[int, list[str]] = {}
+        for a in sorted(doc["annotations"], key=lambda a: a["id"]):
+            caps.setdefault(a["image_id"], []).append(a["caption"])
+        for k, im in enumerate(sorted(doc["images"], key=lambda im: im["id"])):
+            images.append({"filepath": folder, "filename": im["file_name"], "split": split_of(k), "cocoid": im["id"],
+                           "sentences": [{"raw": c, "tokens": c.split()} for c in caps[im["id"]]]})
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return path

@@ -177,16 +177,35 @@ def cached_head(
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "heads" / f"{head_cache_key(model_id, classnames, templates)}.pt"
-        if path.is_file():
-            try:
-                head = torch.load(path, map_location=device, weights_only=True)
-                log.info("loaded zero-shot head from %s", path)
-                return head
-            except Exception:  # a torn write from an interrupted run: rebuild it
-                log.warning("ignoring unreadable cached head %s", path)
-    head = build_head(model, tokenizer, classnames, templates, device=device)
+    return cached_tensor(path, lambda: build_head(model, tokenizer, classnames, templates, device=device),
+                         device=device, what="zero-shot head")
+
+
+def cached_tensor(
+    path: Path | None,
+    build: Callable[[], torch.Tensor],
+    *,
+    device: str | torch.device = "cpu",
+    what: str = "tensor",
+    shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """``path`` loaded (weights_only) when it holds a tensor (of ``shape``, if given), else ``build()`` saved there.
+
+    ``path=None`` disables the cache. The write is atomic, so a concurrent or interrupted run never
+    sees half a file; an unreadable or mis-shaped file (a torn write from an older version) is rebuilt.
+    """
+    if path is not None and path.is_file():
+        try:
+            value = torch.load(path, map_location=device, weights_only=True)
+            if isinstance(value, torch.Tensor) and (shape is None or tuple(value.shape) == tuple(shape)):
+                log.info("loaded %s from %s", what, path)
+                return value
+            log.warning("ignoring cached %s %s: unexpected content", what, path)
+        except Exception:  # noqa: BLE001 - any unreadable cache file is rebuilt, never fatal
+            log.warning("ignoring unreadable cached %s %s", what, path)
+    value = build()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:  # a concurrent or interrupted run never sees half a file
-            torch.save(head.cpu(), tmp)
-    return head
+        with atomic_path(path) as tmp:
+            torch.save(value.cpu(), tmp)
+    return value
