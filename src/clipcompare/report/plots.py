@@ -86,6 +86,7 @@ def severity_histogram(distances: Mapping[str, np.ndarray]) -> bytes:
         share = 100 * counts / max(1, len(d))
         ax.bar(edges[:-1] + (j - (len(distances) - 1) / 2) * width, share, width, color=COLORS[j % len(COLORS)],
                label=f"{model} ({len(d)} mistakes, mean {np.mean(d):.1f})" if len(d) else f"{model} (no mistakes)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("WordNet tree distance, true → predicted class (edges; 2 = siblings)")
     ax.set_ylabel("% of mistakes")
     ax.legend(fontsize=8)
@@ -107,8 +108,9 @@ def reliability_diagram(bins: Mapping[str, dict[str, Any]], ece: Mapping[str, fl
         filled = np.asarray(b["count"]) > 0
         ax.bar(edges[:-1][filled], np.asarray(acc)[filled], width[filled], align="edge", color=COLORS[j % len(COLORS)],
                edgecolor="white", label="accuracy")
-        ax.bar(edges[:-1][filled], (np.asarray(conf) - np.asarray(acc))[filled], width[filled],
-               bottom=np.asarray(acc)[filled], align="edge", color="tab:red", alpha=0.25, label="gap to confidence")
+        acc_f, conf_f = np.asarray(acc)[filled], np.asarray(conf)[filled]
+        ax.bar(edges[:-1][filled], np.abs(conf_f - acc_f), width[filled], bottom=np.minimum(acc_f, conf_f),
+               align="edge", facecolor="none", edgecolor="tab:red", hatch="///", lw=0.6, label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], color="0.3", lw=1, ls="--")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
