@@ -93,7 +93,8 @@ def visit(path: Path, width: int = 1280, height: int = 1600, chromium: str | Non
 
         def child_fds() -> None:  # the browser reads commands on fd 3 and writes replies on fd 4;
             # close_fds=False keeps them: every other fd of ours is non-inheritable (PEP 446)
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]  # no clobbering
+            # copies above 10 first, so placing one on 3 or 4 cannot overwrite the other
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]
             os.dup2(high[0], 3)
             os.dup2(high[1], 4)
 

@@ -20,7 +20,9 @@ MODEL_B = "clip:RN50@openai"
 WNIDS = ["n01440764", "n01443537", "n02102040", "n02085620", "n03417042", "n04037443"]
 
 
-def _predictions(rng: np.random.Generator, targets: np.ndarray, n_classes: int, p_right: float) -> tuple[np.ndarray, np.ndarray]:
+def _predictions(
+    rng: np.random.Generator, targets: np.ndarray, n_classes: int, p_right: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-5 with the right class first with probability ``p_right``; descending probabilities."""
     top = np.zeros((len(targets), 5), dtype=np.int32)
     for i, t in enumerate(targets):

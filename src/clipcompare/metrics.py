@@ -257,4 +257,5 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     total = sum(bins["count"])
     if total == 0:
         return None
-    return float(sum(n / total * abs(a - c) for n, a, c in zip(bins["count"], bins["accuracy"], bins["confidence"]) if n))
+    filled = [(n, a, c) for n, a, c in zip(bins["count"], bins["accuracy"], bins["confidence"]) if n]
+    return float(sum(n / total * abs(a - c) for n, a, c in filled))

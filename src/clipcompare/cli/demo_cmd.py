@@ -49,13 +49,17 @@ def _run(args: argparse.Namespace) -> int:
     classed = [p for p in SAMPLE_PHOTOS if p.wnid is not None][: args.photos]
     photos = classed + [p for p in SAMPLE_PHOTOS if p.wnid is None][: args.photos]
     random: set[str] = set()
+    clock = _Clock()
 
     print("== 1. Architecture (clipcompare inspect) ==")
     print("\n".join(render(build_report(specs))))
+    clock.lap()
 
-    print(f"\n== 2. Classification (clipcompare classify) of {len(photos)} photos from scikit-image and scikit-learn ==")
+    print(f"\n== 2. Classification (clipcompare classify) of {len(photos)} photos from scikit-image and "
+          "scikit-learn ==")
     paths = write_photos(args.out / "photos", photos)
     random |= _classify(specs, photos, paths, device)
+    clock.lap()
 
     data = write_domains(args.out / "data", classed, args.views)
     n = len(classed) * args.views
@@ -68,12 +72,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(format_summary(result.metrics, summary_rows(result.metrics), result.out))
     random |= set(result.random_weights)
+    clock.lap()
 
     print("\n== 4. Precision (clipcompare precision): fp32 vs bf16" + (" vs fp16" if device.type == "cuda" else "")
           + ", batch 1 and 4 ==")
     config = PrecisionConfig(
         dtypes=("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"), batch_sizes=(1, 4),
-        device=device.type, labels=tuple(p.wnid for p in classed), images=args.out / "photos", max_images=8,
+        device=device.type, labels=tuple(p.wnid for p in classed), images=args.out / "photos", max_images=4,
         warmup=1, min_runs=3, min_time_s=0.2, max_time_s=2.0,
     )
     with torch.random.fork_rng(devices=[]):
@@ -83,10 +88,13 @@ def _run(args: argparse.Namespace) -> int:
 
     print(format_report(precision))
     random |= {m["model"] for m in precision["models"] if not m["pretrained"]}
+    clock.lap()
 
     print("\n== 5. Report (clipcompare report) ==")
     report = write_html(build_html_report([result.out, args.out / "precision"], title="clipcompare demo"),
                         args.out / "report.html")
+    clock.lap()
+    print(f"demo took {clock.total():.0f} s")
     if random:
         print(f"note: {', '.join(sorted(random))} ran with RANDOM weights (none cached, no network), so every accuracy "
               "and prediction above is meaningless. Put the weights where `clipcompare classify IMAGE` tells you and "
@@ -94,6 +102,24 @@ def _run(args: argparse.Namespace) -> int:
     print("open the report (self-contained, works offline):")
     print(report)
     return 0
+
+
+class _Clock:
+    """Seconds per step, printed after it, so a slow step shows where the time went."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self.start = self.last = self._now()
+
+    def lap(self) -> None:
+        now = self._now()
+        print(f"[{now - self.last:.1f} s]")
+        self.last = now
+
+    def total(self) -> float:
+        return self._now() - self.start
 
 
 def _classify(specs, photos, paths, device) -> set[str]:
@@ -113,8 +139,17 @@ def _classify(specs, photos, paths, device) -> set[str]:
         print(f"{photo.name} ({photo.source}; {truth}; free text: {photo.label!r})")
         for title, res in (("free text", by_label), ("ImageNet", by_imagenet)):
             for model, preds in res.predictions.items():
-                top = ", ".join(f"{p.label} {p.prob:.0%}" for p in preds)
+                top = ", ".join(f"{p.label} {p.prob:.1%}" + (" ✓" if _is_right(photo, p) else "") for p in preds)
                 print(f"  {title:9}  {model:28} {top}")
+    print("(✓: the photo's class)")
     for note in free_notes:
         print(f"note (free text): {note}")
     return {c.name for c in classifiers if not c.pretrained}
+
+
+def _is_right(photo, prediction) -> bool:
+    from clipcompare.imagenet.classes import index_of_wnid
+
+    if prediction.imagenet_index is None:
+        return prediction.label == photo.label
+    return photo.wnid is not None and prediction.imagenet_index == index_of_wnid(photo.wnid)

@@ -78,7 +78,8 @@ def art(img: Image.Image) -> Image.Image:
     """A poster-like painting: smoothed, saturated, 6 flat colours, edges inked in."""
     smooth = img.filter(ImageFilter.ModeFilter(7)).filter(ImageFilter.SMOOTH_MORE)
     vivid = ImageEnhance.Color(smooth).enhance(1.6)
-    flat = vivid.quantize(colors=6, method=Image.Quantize.MEDIANCUT).convert("RGB").filter(ImageFilter.EDGE_ENHANCE_MORE)
+    flat = vivid.quantize(colors=6, method=Image.Quantize.MEDIANCUT).convert("RGB")
+    flat = flat.filter(ImageFilter.EDGE_ENHANCE_MORE)
     ink = _edges(img, sigma=3.0)
     return Image.composite(Image.new("RGB", img.size, (20, 20, 20)), flat, ink)
 

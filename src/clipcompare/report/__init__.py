@@ -50,7 +50,9 @@ def find_runs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
     return runs
 
 
-def build_report(paths: Sequence[Path], options: ReportOptions | None = None, title: str = "clipcompare report") -> Report:
+def build_report(
+    paths: Sequence[Path], options: ReportOptions | None = None, title: str = "clipcompare report"
+) -> Report:
     """Every run directory in ``paths`` as one section each, in the order given."""
     options = options or ReportOptions()
     sections = [KINDS[kind].build(path, options) for kind, path in find_runs(paths)]

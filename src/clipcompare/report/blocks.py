@@ -8,10 +8,13 @@ HTML can embed them as ``data:`` URIs and the Markdown can write them beside ``r
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from clipcompare.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +152,16 @@ def pct(x: float | None, digits: int = 2) -> Cell:
 
 def num(x: float | int | None, fmt: str = ".2f") -> Cell:
     return Cell("–" if x is None else format(x, fmt), x)
+
+
+def read_json(path: Path) -> Any:
+    """A run's JSON file; unreadable is the user's to fix (one line), not a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def run_label(run_dir: Path) -> str:
+    """The run's last two path parts (``demo/evaluate``): enough to tell runs apart in a title."""
+    return "/".join(Path(run_dir).resolve().parts[-2:])

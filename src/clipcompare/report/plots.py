@@ -39,7 +39,8 @@ def top1_bars(datasets: Sequence[str], models: Sequence[str], top1: Mapping[tupl
     for j, model in enumerate(models):
         values = [top1.get((d, model)) for d in datasets]
         heights = [100 * v if v is not None else 0.0 for v in values]
-        bars = ax.bar(x + (j - (len(models) - 1) / 2) * width, heights, width, label=model, color=COLORS[j % len(COLORS)])
+        offset = (j - (len(models) - 1) / 2) * width
+        bars = ax.bar(x + offset, heights, width, label=model, color=COLORS[j % len(COLORS)])
         ax.bar_label(bars, labels=[f"{h:.1f}" if v is not None else "n/a" for h, v in zip(heights, values)],
                      fontsize=8, padding=2)
     ax.set_xticks(x, list(datasets))
@@ -51,14 +52,16 @@ def top1_bars(datasets: Sequence[str], models: Sequence[str], top1: Mapping[tupl
     return _png(fig)
 
 
-def per_class_scatter(a: str, b: str, names: Sequence[str], acc_a: np.ndarray, acc_b: np.ndarray, n_label: int) -> bytes:
+def per_class_scatter(
+    a: str, b: str, names: Sequence[str], acc_a: np.ndarray, acc_b: np.ndarray, n_label: int
+) -> bytes:
     """Per-class top-1 of model ``a`` (x) against ``b`` (y), the diagonal, the furthest classes named."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5.2))
     acc_a = 100 * np.asarray(acc_a, dtype=float)
     acc_b = 100 * np.asarray(acc_b, dtype=float)
     # many classes share a point (0/0, 100/100): a little transparency shows where they pile up
-    ax.scatter(acc_a, acc_b, s=14, alpha=0.5, color="tab:blue", edgecolors="none")
+    ax.scatter(acc_a, acc_b, s=22, alpha=0.55, color="tab:blue", edgecolors="none")
     ax.plot([0, 100], [0, 100], color="0.4", lw=1, ls="--")
     gap = acc_b - acc_a
     for i in np.argsort(-np.abs(gap), kind="stable")[:n_label]:

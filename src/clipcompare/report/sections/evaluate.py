@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from clipcompare.errors import UserError
 from clipcompare.metrics import (
     expected_calibration_error,
     prob_column,
@@ -40,6 +39,8 @@ from clipcompare.report.blocks import (
     Tile,
     num,
     pct,
+    read_json,
+    run_label,
     thumbnail,
 )
 
@@ -50,27 +51,21 @@ def is_run(path: Path) -> bool:
     return (path / "run.json").is_file() and (path / "metrics.json").is_file() and (path / "predictions").is_dir()
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-
-
 def build(run_dir: Path, options: ReportOptions) -> Section:
     """The section for one evaluate run."""
-    run = _read_json(run_dir / "run.json")
-    metrics = _read_json(run_dir / "metrics.json")
+    run = read_json(run_dir / "run.json")
+    metrics = read_json(run_dir / "metrics.json")
     datasets: dict[str, Any] = metrics.get("datasets", {})
     models = [m["name"] for m in run.get("models", [])]
     section = Section(
-        "evaluate", f"evaluate: {run_dir.name}", str(run_dir),
+        "evaluate", f"evaluate: {run_label(run_dir)}", str(run_dir),
         random_weights=[m["name"] for m in run.get("models", []) if not m.get("pretrained", True)],
         facts=[("models", ", ".join(models)),
                ("datasets", ", ".join(f"{n} ({d.get('n_files', '?')} images)" for n, d in datasets.items())),
                ("device", str(run.get("options", {}).get("device", "?"))),
                ("templates", str(run.get("options", {}).get("templates", "?"))),
-               ("run", f"{run.get('start_time', '?')} → {run.get('end_time') or 'unfinished'} ({run.get('status', '?')})")],
+               ("run", f"{run.get('start_time', '?')} → {run.get('end_time') or 'unfinished'} "
+                       f"({run.get('status', '?')})")],
     )
     section.blocks.append(accuracy_table(datasets))
     top1 = {(d, m): r.get("top1") for d, entry in datasets.items() for m, r in entry.get("models", {}).items()}
@@ -204,8 +199,8 @@ def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFr
         for c in comparison["better_classes"][winner]["classes"][: options.listed]:
             rows.append([Cell(winner), Cell(c["class"]), pct(c["top1"], 1), pct(c["other_top1"], 1),
                          pct(c["top1"] - c["other_top1"], 1), num(c["n"], ",")])
-    blocks.append(Table(f"classes each model wins by most ({a} better in "
-                        f"{comparison['better_classes'][a]['count']}, {b} in {comparison['better_classes'][b]['count']})",
+    wins = {m: comparison["better_classes"][m]["count"] for m in (a, b)}
+    blocks.append(Table(f"classes each model wins by most ({a} better in {wins[a]}, {b} in {wins[b]})",
                         ["better model", "class", "its top-1 %", "other's top-1 %", "margin (points)", "images"], rows,
                         [False, False, True, True, True, True], role="wins"))
     blocks.append(Text(f"both right: {comparison['both_right']:,}; both wrong: {comparison['both_wrong']:,}; "

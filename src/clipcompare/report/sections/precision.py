@@ -6,8 +6,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from clipcompare.report.blocks import Cell, Figure, Heading, ReportOptions, Section, Table, Text, num
-from clipcompare.report.sections.evaluate import _read_json
+from clipcompare.report.blocks import (
+    Cell,
+    Figure,
+    Heading,
+    ReportOptions,
+    Section,
+    Table,
+    Text,
+    num,
+    read_json,
+    run_label,
+)
 
 MIB = 2**20
 
@@ -18,11 +28,11 @@ def is_run(path: Path) -> bool:
 
 def build(run_dir: Path, options: ReportOptions) -> Section:
     """Latency / memory table and drift per model, the latency and memory plot, memory timelines on CUDA."""
-    report = _read_json(run_dir / "precision.json")
+    report = read_json(run_dir / "precision.json")
     env, cfg = report.get("environment", {}), report.get("config", {})
     where = env.get("cpu") if env.get("device") == "cpu" else (env.get("cuda") or {}).get("name", "cuda")
     section = Section(
-        "precision", f"precision: {run_dir.name}", str(run_dir),
+        "precision", f"precision: {run_label(run_dir)}", str(run_dir),
         random_weights=[m["model"] for m in report.get("models", []) if not m.get("pretrained", True)],
         facts=[("device", f"{env.get('device')} ({where}), {env.get('threads')} threads, "
                           f"CPU capability {env.get('cpu_capability')}"),

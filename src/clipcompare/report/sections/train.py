@@ -19,8 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from clipcompare.report import plots
-from clipcompare.report.blocks import Cell, Figure, Gallery, Heading, ReportOptions, Section, Table, Text, Tile, num, pct, thumbnail
-from clipcompare.report.sections.evaluate import _read_json
+from clipcompare.report.blocks import (
+    Cell,
+    Figure,
+    Gallery,
+    Heading,
+    ReportOptions,
+    Section,
+    Table,
+    Text,
+    Tile,
+    num,
+    pct,
+    read_json,
+    run_label,
+    thumbnail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +64,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def build(run_dir: Path, options: ReportOptions) -> Section:
-    run = _read_json(run_dir / "run.json")
+    run = read_json(run_dir / "run.json")
     counts = run.get("counts", {})
     settings = run.get("settings", {})
     section = Section(
-        "train", f"train: {run_dir.name}", str(run_dir), random_weights=list(run.get("random_weights", [])),
+        "train", f"train: {run_label(run_dir)}", str(run_dir), random_weights=list(run.get("random_weights", [])),
         facts=[("device", str(run.get("device", "?"))),
                ("parameters", f"{counts.get('trainable', 0):,} trainable, {counts.get('frozen', 0):,} frozen"),
                ("settings", ", ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, (dict, list)))),
@@ -73,9 +87,9 @@ def build(run_dir: Path, options: ReportOptions) -> Section:
             [[num(e["epoch"], "d"), num(e.get("val_loss"), ".4f"), *(pct(e.get(k), 1) for k in keys)] for e in epochs],
             [True] * (2 + len(keys)), role="epochs"))
     if (run_dir / "retrieval.json").is_file():
-        section.blocks.append(retrieval_table(_read_json(run_dir / "retrieval.json")))
+        section.blocks.append(retrieval_table(read_json(run_dir / "retrieval.json")))
     if (run_dir / "retrieval_examples.json").is_file():
-        examples = _read_json(run_dir / "retrieval_examples.json")[: options.retrieval_examples]
+        examples = read_json(run_dir / "retrieval_examples.json")[: options.retrieval_examples]
         if examples:
             section.blocks.append(Heading("retrieval examples (text → image)", 4))
         for ex in examples:
