@@ -228,10 +228,11 @@ def test_train_section_from_the_train_layout(tmp_path):
     for row, want in zip(got, retrieval):
         assert [float(v) for _, v in row[2:8]] == [want[k] for k in TRAIN_RECALLS]
     assert page.galleries["retrieval-example"] == [["val/0.jpg", "val/2.jpg", "val/1.jpg", "val/3.jpg", "val/4.jpg"],
-                                                   ["val/0.jpg", "val/1.jpg", "val/2.jpg", "val/3.jpg", "val/4.jpg"]]
+                                                   ["val/0.jpg", "val/1.jpg", "val/2.jpg", "val/3.jpg", "val/4.jpg",
+                                                    "val/5.jpg"]]  # the missed true image, shown last
     html = render_html(report)
-    assert html.count('class="tile marked"') == 1  # the true image of the first caption; the second missed it
-    assert "the true image is not among the top 5" in html
+    assert html.count('class="tile marked"') == 2  # the true image in the first top-5, and the second's missed one
+    assert "the true image is not among the top 5" in html and "the true image (not retrieved)" in html
     figures = [b.title for b in section.blocks if b.kind == "figure"]
     assert figures == ["loss, learning rate and temperature", "recalls per epoch"]
     assert page.banner

@@ -147,6 +147,7 @@ def recall_curves(epochs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> b
         ys = [100 * e[key] if e.get(key) is not None else None for e in epochs]
         ax.plot(x, ys, marker="o", ms=3, lw=1.2, color=COLORS[j % len(COLORS)] if j < len(COLORS) else None,
                 ls="-" if key.startswith("image") else "--", label=key)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("recall (%)")
     ax.grid(alpha=0.3)

@@ -102,7 +102,7 @@ def build(run_dir: Path, options: ReportOptions) -> Section:
 def _short(key: str) -> str:
     """``text_retrieval_recall@5`` → ``image→text R@5`` (CLIP_benchmark's text retrieval is image → text)."""
     if key == "mean_recall@1":
-        return "mean R@1"
+        return "mean R@1 %"
     direction, _, k = key.partition("_retrieval_recall@")
     return f"{'image→text' if direction == 'text' else 'text→image'} R@{k} %"
 
@@ -125,5 +125,8 @@ def example_gallery(example: dict[str, Any], options: ReportOptions) -> Gallery:
         tiles.append(Tile(rel, jpeg, f"#{rank}" + (" — the true image" if rel == true else ""), marked=rel == true,
                           missing=missing))
     found = true in example.get("top5", [])
+    if not found and true:  # shown after the five, so the reader sees what should have come up
+        jpeg, missing = thumbnail(root / true, options)
+        tiles.append(Tile(true, jpeg, "the true image (not retrieved)", marked=True, missing=missing))
     return Gallery(f"“{example.get('caption', '')}”", tiles, role="retrieval-example",
-                   note="" if found else "the true image is not among the top 5")
+                   note="" if found else "the true image is not among the top 5; it is shown last")
