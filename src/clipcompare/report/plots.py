@@ -79,7 +79,7 @@ def per_class_scatter(
 def severity_histogram(distances: Mapping[str, np.ndarray]) -> bytes:
     """Histogram of WordNet tree distance (true → predicted) over each model's mistakes, bars side by side."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
     values = [int(v) for d in distances.values() for v in d]
     lo, hi = (min(values), max(values)) if values else (0, 1)
     edges = np.arange(lo, hi + 2)
@@ -89,10 +89,15 @@ def severity_histogram(distances: Mapping[str, np.ndarray]) -> bytes:
         share = 100 * counts / max(1, len(d))
         ax.bar(edges[:-1] + (j - (len(distances) - 1) / 2) * width, share, width, color=COLORS[j % len(COLORS)],
                label=f"{model} ({len(d)} mistakes, mean {np.mean(d):.1f})" if len(d) else f"{model} (no mistakes)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("WordNet tree distance, true → predicted class (edges; 2 = siblings)")
+    if hi - lo <= 20:
+        ax.set_xticks(range(lo, hi + 1))
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlim(lo - 0.6, hi + 0.6)
+    ax.set_xlabel("WordNet distance true → predicted (edges; 2 = siblings)")
     ax.set_ylabel("% of mistakes")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, max([ax.get_ylim()[1], 1.0]) * 1.3)  # headroom: the legend sits above the bars
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("mistake severity", fontsize=10)
     return _png(fig)
@@ -102,7 +107,7 @@ def reliability_diagram(bins: Mapping[str, dict[str, Any]], ece: Mapping[str, fl
     """Per model: accuracy per confidence bin against the diagonal (perfect calibration), with the ECE."""
     plt = _pyplot()
     n = max(1, len(bins))
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 3.4), squeeze=False)
     for j, (ax, (model, b)) in enumerate(zip(axes[0], bins.items())):
         edges = np.asarray(b["edges"])
         width = np.diff(edges)

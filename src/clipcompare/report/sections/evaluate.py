@@ -212,7 +212,8 @@ def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFr
         chosen = pick_gallery(only, targets, options.gallery_per_class, options.gallery_total, options.seed)
         tiles = [_tile(df, i, names, targets, tops, probs, (a, b), root, options) for i in chosen]
         note = (f"{len(chosen)} of {len(only):,} images (a fixed random choice, at most "
-                f"{options.gallery_per_class} per class)" if len(chosen) < len(only) else f"all {len(only):,} images")
+                f"{options.gallery_per_class} per class)" if len(chosen) < len(only)
+                else f"all {len(only):,} images" if len(only) else "")
         blocks.append(Gallery(f"only {m} right", tiles, role=f"only:{m}", note=note))
     return blocks
 
