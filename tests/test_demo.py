@@ -50,6 +50,14 @@ def test_demo_runs_end_to_end_on_photos_and_ends_with_the_report_path(tmp_path, 
     assert [(r[0][0], r[1][0], int(r[4][1]), float(r[5][1])) for r in rows] == expected
     assert all(s.startswith("data:image/") for s in page.img_srcs)
 
+    # without its precision.png the precision section draws the same plot again
+    from clipcompare.report import build_report
+
+    (out / "precision" / "precision.png").unlink()
+    (section,) = build_report([out / "precision"]).sections
+    figures = [b for b in section.blocks if b.kind == "figure"]
+    assert len(figures) == 1 and figures[0].png[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def test_sketch_and_art_renditions_differ_from_the_photo_and_keep_its_size():
     import numpy as np

@@ -277,3 +277,7 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("clipcompare: error:") and "is not a run directory" in err and "\n" not in err
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "run.json").write_text("{}")
+    assert main(["report", str(tmp_path / "unfinished")]) == 2
+    assert "the evaluate run is unfinished" in capsys.readouterr().err
