@@ -27,13 +27,17 @@ from clipcompare.models.spec import ModelSpec, parse_spec
         ("clip:ViT-B-32", ModelSpec("clip", "ViT-B-32", None)),
         ("clip:ViT-B-32@laion2b_s34b_b79k", ModelSpec("clip", "ViT-B-32", "laion2b_s34b_b79k")),
         ("clip:RN50=/path/RN50.pt", ModelSpec("clip", "RN50", None, Path("/path/RN50.pt"))),
+        # a tag with a file: the file holds that tag's weights
+        ("clip:RN50@yfcc15m=/p/w.bin", ModelSpec("clip", "RN50", "yfcc15m", Path("/p/w.bin"))),
+        ("clip:RN50-gelu=/p/w.bin", ModelSpec("clip", "RN50-gelu", None, Path("/p/w.bin"))),
+        ("resnet50:IMAGENET1K_V2=/w/r.pth", ModelSpec("torchvision", "resnet50", "IMAGENET1K_V2", Path("/w/r.pth"))),
     ],
 )
 def test_parse_spec(text, expected):
     assert parse_spec(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "clip:", "resnet50=", "clip:RN50@openai=/x.pt", "res net"])
+@pytest.mark.parametrize("bad", ["", "clip:", "resnet50=", "clip:RN50@open ai=/x.pt", "res net"])
 def test_parse_spec_rejects(bad):
     with pytest.raises(UserError):
         parse_spec(bad)
@@ -42,6 +46,8 @@ def test_parse_spec_rejects(bad):
 def test_spec_names():
     assert parse_spec("resnet50").name == "resnet50:IMAGENET1K_V1"
     assert load_model(parse_spec("clip:RN50"), allow_random=True).spec.name == "clip:RN50@openai"
+    assert parse_spec("clip:RN50@yfcc15m=/p/w.bin").name == "clip:RN50@yfcc15m=w.bin"
+    assert parse_spec("resnet50:IMAGENET1K_V2=/p/r.pth").name == "resnet50:IMAGENET1K_V2=r.pth"
 
 
 def test_unknown_models_and_tags_are_user_errors():
