@@ -372,7 +372,8 @@ def _run_info(
 
     models = [
         {"name": c.name, "family": c.spec.family, "pretrained": c.pretrained,
-         "weights_file": c.loaded.weights_file, "fingerprint": weights_fingerprint(c.model)}
+         "weights_file": c.loaded.weights_file, "fingerprint": weights_fingerprint(c.model),
+         "build": c.loaded.build.to_dict() if c.loaded.build is not None else None}
         for c in classifiers
     ]
     if previous is not None:

@@ -277,6 +277,7 @@ class ModelInspection:
     layers: LayerCounts
     resnet: ResNetSummary | None = None
     vit: ViTSummary | None = None
+    build: dict[str, Any] | None = None  # LoadedModel.build: activation, logit scale, preprocessing
 
 
 @dataclass
@@ -643,6 +644,7 @@ def inspect_loaded(loaded: LoadedModel, image_size: int | None = None) -> ModelI
         layers=count_layers(tower, flops),
         resnet=resnet_summary(tower),
         vit=vit_summary(tower),
+        build=loaded.build.to_dict() if loaded.build is not None else None,
     )
 
 
