@@ -244,3 +244,47 @@ def test_evaluate_top1_matches_a_plain_loop(tmp_path):
     assert table["path"] == paths and len(paths) == 16
     for name in names:
         assert [row[0] for row in table[top_column(name)]] == expected[name], name
+
+
+# ------------------------------------------------------------------------- decisions from the registry
+
+
+def test_disagreeing_releases_follow_the_default_tag_and_warn(caplog):
+    """ViT-B-32's releases differ (openai: QuickGELU, laion2b: GELU): a bare file follows
+    clip:ViT-B-32 (@openai) and says how to name it otherwise; naming the tag decides silently."""
+    from clipcompare.models.loading import _plan_clip_build
+
+    with caplog.at_level("WARNING", logger="clipcompare.models.loading"):
+        plan = _plan_clip_build(parse_spec("clip:ViT-B-32=/w.bin"), "ViT-B-32", None, torchscript=False)
+    assert plan.quick_gelu and "differ" in plan.activation_source
+    assert len(caplog.records) == 1 and "clip:ViT-B-32@TAG=FILE" in caplog.text
+    caplog.clear()
+    laion = _plan_clip_build(parse_spec("clip:ViT-B-32@laion2b_s34b_b79k=/w.bin"), "ViT-B-32", None, torchscript=False)
+    assert not laion.quick_gelu and laion.preprocess_source == "pretrained tag ViT-B-32@laion2b_s34b_b79k"
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("clip:RN50-gelu", "names the activation of a local file"),
+    ("clip:RN50@nosuchtag=/w.bin", "no pretrained tag"),
+    ("clip:RN50-swish=/w.bin", "unknown open_clip model"),
+])
+def test_activation_spec_errors(tmp_path, spec, message):
+    from clipcompare.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        load_model(parse_spec(spec.replace("/w.bin", str(tmp_path / "w.bin"))), allow_random=True)
+
+
+def test_weights_flag_keeps_a_named_tag():
+    import argparse
+
+    from clipcompare.cli.common import model_specs
+
+    def specs(model: str):
+        args = argparse.Namespace(models=[model], default_models=(), weights=Path("/w.bin"))
+        return model_specs(args)[0]
+
+    assert specs("clip:RN50@yfcc15m").tag == "yfcc15m"
+    assert specs("resnet50:IMAGENET1K_V2").tag == "IMAGENET1K_V2"
+    assert specs("resnet50").tag is None and specs("clip:RN50").tag is None
