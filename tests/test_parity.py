@@ -242,6 +242,10 @@ def test_evaluate_top1_matches_a_plain_loop(tmp_path):
                 logits = tv_ref(tv_pre(img)[None])[0, list(classes.imagenet_indices)]
                 expected[names[1]].append(int(logits.argmax()))
     assert table["path"] == paths and len(paths) == 16
+    # run.json tells the two builds apart without loading anything
+    builds = {m["name"]: m["build"] for m in json.loads((tmp_path / "run" / "run.json").read_text())["models"]}
+    assert builds[names[0]]["activation"] == "GELU" and builds[names[0]]["logit_scale"].startswith("learned")
+    assert (builds[names[1]]["resize"], builds[names[1]]["crop"], builds[names[1]]["activation"]) == (256, 224, "ReLU")
     for name in names:
         assert [row[0] for row in table[top_column(name)]] == expected[name], name
 
