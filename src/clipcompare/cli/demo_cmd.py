@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipcompare.cli.common import add_model_args, model_specs
+from clipcompare.cli.common import add_model_args, ensure_out_dir, model_specs
 from clipcompare.models.spec import DEFAULT_MODELS
 
 
@@ -36,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.per_class < 1:
         raise UserError("--per-class must be at least 1")
+    ensure_out_dir(args.out)
     print("== 1. Architecture (clipcompare inspect) ==")
     specs = model_specs(args)
     report = build_report(specs)
