@@ -23,9 +23,11 @@ from safetensors.torch import save_file
 
 from clipcompare.data.synthetic import synthetic_image
 from clipcompare.models.classifier import ClassSet, create_classifier
-from clipcompare.models.loading import activation_names, load_model
+from clipcompare.models.loading import activation_names, load_model, register_tiny_configs
 from clipcompare.models.spec import parse_spec
 from helpers import make_image_folder, save_openai_torchscript
+
+register_tiny_configs()  # the references below build tiny-ViT / tiny-RN-quickgelu with open_clip directly
 
 CLASSES = ClassSet(("dog", "cat", "bald eagle", "axolotl", "goldfish"))
 CONFIGS = Path(__file__).parents[1] / "src/clipcompare/models/configs"
@@ -292,3 +294,21 @@ def test_weights_flag_keeps_a_named_tag():
     assert specs("clip:RN50@yfcc15m").tag == "yfcc15m"
     assert specs("resnet50:IMAGENET1K_V2").tag == "IMAGENET1K_V2"
     assert specs("resnet50").tag is None and specs("clip:RN50").tag is None
+
+
+def test_resuming_with_another_build_is_refused(tmp_path):
+    """A run started with one activation (say, before a fix) is not continued with another:
+    the predictions would mix two models under one name."""
+    from clipcompare.errors import UserError
+    from clipcompare.evaluate import EvaluateOptions, evaluate
+
+    root = make_image_folder(tmp_path / "data", ["cat", "dog"], per_class=1, size=(64, 64))
+    opts = EvaluateOptions(out=tmp_path / "run", templates="single", allow_random=True, progress=False, device="cpu")
+    evaluate(["clip:tiny-RN-quickgelu"], [f"folder={root}"], opts)
+    evaluate(["clip:tiny-RN-quickgelu"], [f"folder={root}"], opts)  # same build: resumes
+    run_json = tmp_path / "run" / "run.json"
+    run = json.loads(run_json.read_text())
+    run["models"][0]["build"]["activation"] = "GELU"
+    run_json.write_text(json.dumps(run))
+    with pytest.raises(UserError, match="build"):
+        evaluate(["clip:tiny-RN-quickgelu"], [f"folder={root}"], opts)
