@@ -13,6 +13,7 @@ from clipcompare.errors import UserError
 from clipcompare.models.classifier import ClassSet
 
 log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 
@@ -100,7 +101,7 @@ def class_folders(root: Path, kind: str) -> list[str]:
     try:
         entries = list(os.scandir(root))
     except OSError as exc:
-        _unreadable(kind)(exc)
+        raise UserError(f"dataset {kind}: cannot list {root}: {exc.strerror or exc}") from None
     names = []
     for e in entries:
         if e.name.startswith(".") or not _is_dir(e):
