@@ -15,6 +15,7 @@ stored and ends with the same files as an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import sys
@@ -372,16 +373,19 @@ def _run_info(
 
     models = [
         {"name": c.name, "family": c.spec.family, "pretrained": c.pretrained,
-         "weights_file": c.loaded.weights_file, "fingerprint": weights_fingerprint(c.model)}
+         "weights_file": c.loaded.weights_file, "fingerprint": weights_fingerprint(c.model),
+         "build": c.loaded.build.to_dict() if c.loaded.build is not None else None}
         for c in classifiers
     ]
     if previous is not None:
-        old = {m["name"]: m.get("fingerprint") for m in previous.get("models", [])}
-        changed = [m["name"] for m in models if old.get(m["name"]) not in (None, m["fingerprint"])]
+        old = {m["name"]: (m.get("fingerprint"), m.get("build")) for m in previous.get("models", [])}
+        # the build (activation, preprocessing) as JSON reads it back, so tuples compare equal to lists
+        changed = [m["name"] for m in models if old.get(m["name"], (None, None)) not in (
+            (None, None), (m["fingerprint"], None), (m["fingerprint"], json.loads(json.dumps(m["build"]))))]
         if changed:
             raise UserError(
-                f"the weights of {', '.join(changed)} differ from those {options.out} was started with; "
-                "use a new --out"
+                f"the weights or build (activation, preprocessing) of {', '.join(changed)} differ from those "
+                f"{options.out} was started with; use a new --out"
             )
     return {
         "command": list(options.command),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipcompare.cli.common import add_model_args, int_at_least, model_specs
+from clipcompare.cli.common import add_model_args, ensure_out_dir, int_at_least, model_specs
 from clipcompare.models.spec import DEFAULT_MODELS
 
 
@@ -44,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from clipcompare.report import build_report as build_html_report
     from clipcompare.report import write_html
 
+    ensure_out_dir(args.out)
     specs = model_specs(args)
     device = resolve_device(args.device)
     classed = [p for p in SAMPLE_PHOTOS if p.wnid is not None][: args.photos]
