@@ -404,6 +404,45 @@ def _to_device(device: torch.device) -> Callable[[Batch], Batch]:
     return move
 
 
+@dataclass
+class InputPipeline:
+    """The batches of ``pending`` on the device, preprocessed for every model: iterate it.
+
+    ``slot[m]`` is the index in ``Batch.tensors`` of model ``m``'s input (models sharing a
+    transform share a tensor); ``decoder`` counts the decode paths with ``--decode gpu``.
+    """
+
+    loader: torch.utils.data.DataLoader
+    prepare: Callable[[Any], Batch]
+    device: torch.device
+    slot: list[int]
+    decoder: Any = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        return prefetch(self.loader, self.prepare, self.device)
+
+    def decode_counts(self) -> dict[str, Any]:
+        if self.decoder is None:
+            return {}
+        return {"device": self.decoder.decoded, "cpu_path": dict(self.decoder.fallbacks)}
+
+
+def input_pipeline(
+    ds: ImageDataset, pending: np.ndarray, classifiers: Sequence[Classifier], options: EvaluateOptions,
+    device: torch.device,
+) -> InputPipeline:
+    """Loader + hand-over to the device for ``options.decode`` (one decode per image for all models)."""
+    transforms, slot = _distinct_transforms(classifiers)
+    loader = make_loader(ds, pending, transforms, options, device)
+    if options.decode != "gpu":
+        return InputPipeline(loader, _to_device(device), device, slot)
+    from clipcompare.data.gpu_decode import DeviceDecoder
+
+    decoder = DeviceDecoder(ds.root, [ds.samples[i].path for i in pending], transforms,
+                            _tensor_preprocesses(transforms, classifiers, slot), device)
+    return InputPipeline(loader, decoder, device, slot, decoder)
+
+
 def _predict(
     ds: ImageDataset, classifiers: Sequence[Classifier], pending: np.ndarray, store: RunStore, skips: SkipLog,
     options: EvaluateOptions, device: torch.device, formats: Sequence[torch.memory_format], dist: DistInfo,
@@ -411,28 +450,20 @@ def _predict(
     """Predict ``pending`` (this rank's shard); returns the decode-path counts for ``--decode gpu``."""
     from tqdm import tqdm
 
-    transforms, slot = _distinct_transforms(classifiers)
     k = min(TOP_K, len(ds.classes))
     writer = ChunkWriter(store, ds, [c.name for c in classifiers], pending, options,
                          rank=dist.rank if dist.distributed else None)
-    loader = make_loader(ds, pending, transforms, options, device)
-    decoder = None
-    if options.decode == "gpu":
-        from clipcompare.data.gpu_decode import DeviceDecoder
-
-        decoder = DeviceDecoder(ds.root, [ds.samples[i].path for i in pending], transforms,
-                                _tensor_preprocesses(transforms, classifiers, slot), device)
-    prepare = decoder or _to_device(device)
+    batches = input_pipeline(ds, pending, classifiers, options, device)
     total = len(pending) if dist.distributed else len(ds)  # a rank's bar counts its own shard
     bar = tqdm(total=total, initial=total - len(pending), desc=ds.name, unit="img", file=sys.stderr,
                disable=not (options.progress and dist.is_main), dynamic_ncols=True, mininterval=0.5)
     with torch.inference_mode(), bar:
-        for batch in prefetch(loader, prepare, device):
+        for batch in batches:
             for pos, reason in batch.failures:
                 skips.add(ds.name, ds.samples[pending[pos]].path, reason)
             if len(batch.positions):
                 outputs = []
-                for clf, s, fmt in zip(classifiers, slot, formats):
+                for clf, s, fmt in zip(classifiers, batches.slot, formats):
                     x = batch.tensors[s].to(dtype=clf.dtype, memory_format=fmt)
                     probs = clf.logits(x, ds.classes).float().softmax(dim=-1)
                     outputs.append(probs.topk(k, dim=-1))
@@ -441,9 +472,7 @@ def _predict(
             if writer.due():
                 writer.flush()
         writer.flush()
-    if decoder is None:
-        return {}
-    return {"device": decoder.decoded, "cpu_path": dict(decoder.fallbacks)}
+    return batches.decode_counts()
 
 
 def _tensor_preprocesses(transforms: Sequence[Any], classifiers: Sequence[Classifier], slot: Sequence[int]) -> list[Any]:
