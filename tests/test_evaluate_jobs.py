@@ -107,13 +107,21 @@ KILLER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("where", ["merge", "merge-half", "metrics"])
-def test_sigkill_during_merge_or_metrics_write_then_resume(tmp_path, where):
-    data = make_image_folder(tmp_path / "d", WNIDS, per_class=3)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    """A folder (with one unreadable file) and the run an uninterrupted evaluate makes of it."""
+    root = tmp_path_factory.mktemp("kill")
+    data = make_image_folder(root / "d", WNIDS, per_class=3)
     (data / WNIDS[0] / "broken.jpg").write_bytes(b"not an image")
-    ref, out = tmp_path / "ref", tmp_path / "killed"
     # chunk size 2: several part files, so "merge-half" leaves some behind
-    assert main(cli_args(data, ref, "--chunk-size", "2")) == 0
+    assert main(cli_args(data, root / "ref", "--chunk-size", "2")) == 0
+    return data, root / "ref"
+
+
+@pytest.mark.parametrize("where", ["merge", "merge-half", "metrics"])
+def test_sigkill_during_merge_or_metrics_write_then_resume(tmp_path, where, uninterrupted):
+    data, ref = uninterrupted
+    out = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", KILLER, where, *cli_args(data, out, "--chunk-size", "2")],
                           env=env(), capture_output=True, timeout=300)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
@@ -194,3 +202,17 @@ def test_torchrun_two_ranks_resume_a_one_process_run(tmp_path, monkeypatch):
     # 16 files: the first chunk (4) and broken.jpg (in the second batch) were stored before the interrupt
     assert run["throughput"]["imagenet"]["images"] == 16 - 4 - 1
     assert top_column(CLIP) in got.columns
+
+
+def test_distributed_helpers_without_torchrun_are_a_one_process_group(monkeypatch):
+    import torch
+
+    from clipcompare import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = distributed.init_distributed("cpu")
+    assert (info.rank, info.world_size, info.local_rank, info.device) == (0, 1, 0, torch.device("cpu"))
+    assert info.is_main and not info.distributed and distributed.is_main() and not distributed.is_initialized()
+    distributed.barrier()
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1} and distributed.gather_objects(3) == [3]
+    distributed.cleanup()

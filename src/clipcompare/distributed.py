@@ -66,6 +66,11 @@ def init_distributed(device: torch.device | str) -> DistInfo:
     return DistInfo(rank, world, local_rank, device)
 
 
+def is_initialized() -> bool:
+    """Whether this process has joined a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_main() -> bool:
     """True on rank 0, and in a process not started by torchrun."""
     return not dist.is_initialized() or dist.get_rank() == 0

@@ -125,7 +125,7 @@ def evaluate(
     support = dtype_support(precision, device.type)
     if not support.supported:
         raise UserError(f"--precision {precision} on {device}: {support.note}")
-    joined = not distributed.dist.is_initialized()
+    owns_group = not distributed.is_initialized()  # else a caller joined it and will leave it
     dist = distributed.init_distributed(device)
     device = dist.device
     store = RunStore(Path(options.out))
@@ -184,7 +184,7 @@ def evaluate(
         metrics = distributed.broadcast_object(metrics)
     finally:
         lock.release()
-        if joined and dist.distributed:
+        if owns_group and dist.distributed:
             distributed.cleanup()
     return EvaluationResult(store.root, metrics, data, [c.name for c in classifiers],
                             [c.name for c in classifiers if not c.pretrained], info["options"], dist.is_main)
