@@ -8,6 +8,7 @@ uint8), i.e. within (1/255)/std after normalisation.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -53,7 +54,6 @@ def test_parameters_come_from_the_transform_object():
     tp = tensor_preprocess(custom)
     assert (tp.resize, tp.crop, tp.interpolation.value, tp.antialias) == ((100,), (80, 90), "bicubic", False)
     assert tp.mean == (0.1, 0.2, 0.3) and tp.std == (0.4, 0.5, 0.6)
-    assert tp.output_size(300, 200) == (80, 90)
     for bad in (T.Compose([T.RandomHorizontalFlip(), T.ToTensor()]), T.Compose([T.Resize(10)]), lambda im: im):
         with pytest.raises(UnsupportedTransform):
             tensor_preprocess(bad)
@@ -156,7 +156,32 @@ def test_evaluate_decode_gpu_on_cpu_matches_decode_cpu(tmp_path):
         np.testing.assert_allclose(np.stack(a[prob_column(name)]), np.stack(b[prob_column(name)]), atol=1e-4)
     run = json.loads((tmp_path / "gpu" / "run.json").read_text())
     assert run["options"]["decode"] == "gpu" and run["settings"]["decode"] == "gpu"
+    assert run["options"]["tensor_preprocess"][CLIP] == {
+        "resize": [64], "interpolation": "bicubic", "antialias": True, "crop": [64, 64],
+        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
     assert run["throughput"]["imagenet"]["decode"] == {"device": 9,
                                                        "cpu_path": {"JPEG in mode CMYK": 1, "not a JPEG": 1}}
     assert runs["gpu"].metrics["skipped_images"] == 1
     assert "decode" not in json.loads((tmp_path / "cpu" / "run.json").read_text())["settings"]
+
+
+def test_decode_gpu_refuses_a_model_whose_preprocessing_has_no_tensor_equivalent(tmp_path, capsys, monkeypatch):
+    from clipcompare.cli import main
+    from clipcompare.models import loading
+
+    original = loading.load_model
+
+    def with_flip(*args, **kwargs):  # a model whose transform has a step the tensor path does not know
+        loaded = original(*args, **kwargs)
+        preprocess = T.Compose([T.RandomHorizontalFlip(), *loaded.preprocess.transforms])
+        return dataclasses.replace(loaded, preprocess=preprocess)
+
+    monkeypatch.setattr("clipcompare.models.classifier.load_model", with_flip)
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=1)
+    out = tmp_path / "run"
+    argv = ["evaluate", "-m", CLIP, "-d", f"imagenet={data}", "--out", str(out), "--allow-random", "--templates",
+            "single", "--workers", "0", "--no-progress", "--device", "cpu", "--decode", "gpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "RandomHorizontalFlip" in err and "--decode cpu" in err
+    assert not (out / "predictions").exists()

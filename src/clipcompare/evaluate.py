@@ -155,6 +155,10 @@ def evaluate(
         info["options"].update(decode=options.decode, precision=precision, precision_note=support.note,
                                memory_formats={c.name: _format_name(f) for c, f in zip(classifiers, formats)},
                                world_size=dist.world_size)
+        if options.decode == "gpu":  # what the device applies instead of each PIL transform (fails early)
+            transforms, slot = _distinct_transforms(classifiers)
+            tensor_steps = _tensor_preprocesses(transforms, classifiers, slot)
+            info["options"]["tensor_preprocess"] = {c.name: tensor_steps[s].describe() for c, s in zip(classifiers, slot)}
         if dist.is_main:
             store.write_json("run.json", info)
         distributed.barrier()  # run.json (and the directory) exist before any rank writes parts

@@ -37,14 +37,6 @@ class TensorPreprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the result for an input of that size."""
-        if self.crop is not None:
-            return self.crop
-        if self.resize is None:
-            return height, width
-        return tuple(F._geometry._compute_resized_output_size((height, width), list(self.resize), self.max_size))
-
     def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Float ``[N, 3, h, w]`` for ``images`` (uint8 ``[3, H, W]`` each, one device); images of the
         same size are resized together, which is what makes this fast on a GPU."""
