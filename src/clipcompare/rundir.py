@@ -15,8 +15,8 @@ import os
 import re
 import shutil
 import socket
-from datetime import datetime, timezone
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
