@@ -61,6 +61,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def decode_and_transform(path: Path, transforms: Sequence[Transform]) -> tuple[torch.Tensor, ...]:
+    """What ``--decode cpu`` produces for one image: one PIL decode, every model's transform."""
+    img = load_rgb(path)
+    return tuple(t(img) for t in transforms)
+
+
 class DecodedImages(torch.utils.data.Dataset):
     """Item ``i`` is ``(i, (tensor per transform), None)`` or ``(i, None, reason)``."""
 
@@ -74,8 +80,7 @@ class DecodedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Item:
         try:
-            img = load_rgb(self.root / self.paths[i])
-            return i, tuple(t(img) for t in self.transforms), None
+            return i, decode_and_transform(self.root / self.paths[i], self.transforms), None
         except Exception as exc:  # noqa: BLE001 - any failure on one image must not stop the run
             return i, None, f"{type(exc).__name__}: {exc}"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from clipcompare.data.decode import Batch, Transform, load_rgb
+from clipcompare.data.decode import Batch, DecodedImages, Transform, decode_and_transform
 from clipcompare.data.tensor_preprocess import TensorPreprocess
 
 log = logging.getLogger(__name__)
@@ -53,16 +53,8 @@ def jpeg_route(data: bytes) -> str | None:
     return None
 
 
-class EncodedImages(torch.utils.data.Dataset):
+class EncodedImages(DecodedImages):
     """Item ``i``: the file's bytes for the device decoder, or the CPU path's tensors, or an error."""
-
-    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Transform]) -> None:
-        self.root = Path(root)
-        self.paths = list(paths)
-        self.transforms = tuple(transforms)
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, i: int) -> RawItem:
         path = self.root / self.paths[i]
@@ -71,15 +63,9 @@ class EncodedImages(torch.utils.data.Dataset):
             reason = jpeg_route(data)
             if reason is None:
                 return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), None, None, None
-            return i, None, cpu_path(path, self.transforms), reason, None
+            return i, None, decode_and_transform(path, self.transforms), reason, None
         except Exception as exc:  # noqa: BLE001 - any failure on one image must not stop the run
             return i, None, None, None, f"{type(exc).__name__}: {exc}"
-
-
-def cpu_path(path: Path, transforms: Sequence[Transform]) -> tuple[torch.Tensor, ...]:
-    """What ``--decode cpu`` produces for one image."""
-    img = load_rgb(path)
-    return tuple(t(img) for t in transforms)
 
 
 class RawBatch:
@@ -178,7 +164,7 @@ class DeviceDecoder:
         for slot in slots:
             pos = int(raw.positions[slot])
             try:
-                outs.append(cpu_path(self.root / self.paths[pos], self.transforms))
+                outs.append(decode_and_transform(self.root / self.paths[pos], self.transforms))
                 ok.append(slot)
                 self.fallbacks["rejected by the device decoder"] += 1
             except Exception as exc:  # noqa: BLE001 - reported as a skip, like the CPU path
