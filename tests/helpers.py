@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from clipcompare.data.synthetic import synthetic_image
 
@@ -43,3 +44,33 @@ def make_karpathy_file(coco: Path, path: Path) -> Path:
                            "sentences": [{"raw": c, "tokens": c.split()} for c in caps[im["id"]]]})
     path.write_text(json.dumps({"images": images, "dataset": "coco"}))
     return path
+
+
+class _OpenAIArchive(torch.nn.Module):
+    """Mimics OpenAI's released .pt files: a TorchScript archive of the whole CLIP model whose
+    state_dict has the CLIP keys plus input_resolution/context_length/vocab_size, in fp16."""
+
+    def __init__(self, model: torch.nn.Module, image_size: int):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        self.register_buffer("input_resolution", torch.tensor(image_size))
+        self.register_buffer("context_length", torch.tensor(77))
+        self.register_buffer("vocab_size", torch.tensor(49408))
+
+    def forward(self, x):
+        return self.logit_scale * x
+
+
+def save_openai_torchscript(model: torch.nn.Module, path: Path, image_size: int = 64) -> torch.nn.Module:
+    """Write ``model`` as an OpenAI-style archive; return the fp32 model the file equals exactly."""
+    import copy
+    import warnings
+
+    half = copy.deepcopy(model).half()
+    with warnings.catch_warnings():  # writing TorchScript is deprecated, but it is the format under test
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(_OpenAIArchive(half, image_size), torch.ones(1, dtype=torch.half)), str(path))
+    return copy.deepcopy(half).float()

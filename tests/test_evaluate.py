@@ -242,3 +242,5 @@ def test_default_workers_decode_inline_on_cpu(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert default_workers("cuda") == 7
     assert default_workers(None) == 7
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share the 8 cores
+    assert default_workers("cuda") == 3

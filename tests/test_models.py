@@ -15,6 +15,7 @@ from clipcompare.errors import MissingWeightsError, UserError
 from clipcompare.models.classifier import ClassSet, create_classifier
 from clipcompare.models.loading import load_model
 from clipcompare.models.spec import ModelSpec, parse_spec
+from helpers import save_openai_torchscript
 
 
 @pytest.mark.parametrize(
@@ -27,13 +28,17 @@ from clipcompare.models.spec import ModelSpec, parse_spec
         ("clip:ViT-B-32", ModelSpec("clip", "ViT-B-32", None)),
         ("clip:ViT-B-32@laion2b_s34b_b79k", ModelSpec("clip", "ViT-B-32", "laion2b_s34b_b79k")),
         ("clip:RN50=/path/RN50.pt", ModelSpec("clip", "RN50", None, Path("/path/RN50.pt"))),
+        # a tag with a file: the file holds that tag's weights
+        ("clip:RN50@yfcc15m=/p/w.bin", ModelSpec("clip", "RN50", "yfcc15m", Path("/p/w.bin"))),
+        ("clip:RN50-gelu=/p/w.bin", ModelSpec("clip", "RN50-gelu", None, Path("/p/w.bin"))),
+        ("resnet50:IMAGENET1K_V2=/w/r.pth", ModelSpec("torchvision", "resnet50", "IMAGENET1K_V2", Path("/w/r.pth"))),
     ],
 )
 def test_parse_spec(text, expected):
     assert parse_spec(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "clip:", "resnet50=", "clip:RN50@openai=/x.pt", "res net"])
+@pytest.mark.parametrize("bad", ["", "clip:", "resnet50=", "clip:RN50@open ai=/x.pt", "res net"])
 def test_parse_spec_rejects(bad):
     with pytest.raises(UserError):
         parse_spec(bad)
@@ -42,6 +47,8 @@ def test_parse_spec_rejects(bad):
 def test_spec_names():
     assert parse_spec("resnet50").name == "resnet50:IMAGENET1K_V1"
     assert load_model(parse_spec("clip:RN50"), allow_random=True).spec.name == "clip:RN50@openai"
+    assert parse_spec("clip:RN50@yfcc15m=/p/w.bin").name == "clip:RN50@yfcc15m=w.bin"
+    assert parse_spec("resnet50:IMAGENET1K_V2=/p/r.pth").name == "resnet50:IMAGENET1K_V2=r.pth"
 
 
 def test_unknown_models_and_tags_are_user_errors():
@@ -84,36 +91,6 @@ def test_mismatched_state_dict_is_a_user_error(tmp_path):
     torch.save(load_model(parse_spec("resnet18"), allow_random=True).model.state_dict(), path)
     with pytest.raises(UserError, match="does not match"):
         load_model(parse_spec(f"resnet34={path}"))
-
-
-class _OpenAIArchive(torch.nn.Module):
-    """Mimics OpenAI's released .pt files: a TorchScript archive of the whole CLIP model whose
-    state_dict has the CLIP keys plus input_resolution/context_length/vocab_size, in fp16."""
-
-    def __init__(self, model: torch.nn.Module, image_size: int):
-        super().__init__()
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, param in model.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        self.register_buffer("input_resolution", torch.tensor(image_size))
-        self.register_buffer("context_length", torch.tensor(77))
-        self.register_buffer("vocab_size", torch.tensor(49408))
-
-    def forward(self, x):
-        return self.logit_scale * x
-
-
-def save_openai_torchscript(model: torch.nn.Module, path: Path, image_size: int = 64) -> torch.nn.Module:
-    """Write ``model`` as an OpenAI-style archive; return the fp32 model the file equals exactly."""
-    import copy
-    import warnings
-
-    half = copy.deepcopy(model).half()
-    with warnings.catch_warnings():  # writing TorchScript is deprecated, but it is the format under test
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.trace(_OpenAIArchive(half, image_size), torch.ones(1, dtype=torch.half)), str(path))
-    return copy.deepcopy(half).float()
 
 
 def _clip_outputs(model, size=64):

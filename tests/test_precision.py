@@ -277,6 +277,7 @@ def test_cli_writes_json_and_plot(cli_run):
     report = json.loads((out / "precision.json").read_text())
     (model,) = report["models"]
     assert model["model"].startswith("clip:tiny-RN-quickgelu")
+    assert model["build"]["activation"] == "QuickGELU" and model["build"]["crop"] == 64
     by = {r["dtype"]: r for r in model["results"]}
     assert set(by) == {"fp32", "fp16", "bf16"}
     assert by["fp32"]["drift"]["max_abs_prob_diff"] == 0.0 and by["fp32"]["drift"]["kl_mean"] == 0.0

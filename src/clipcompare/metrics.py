@@ -223,3 +223,39 @@ def dataset_metrics(
         ],
     }
     return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+ECE_BINS = 15  # Guo et al. 2017 "On Calibration of Modern Neural Networks"; timm/torchmetrics default too
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
+    """Equal-width confidence bins ``(lo, hi]`` over [0, 1]: images, mean confidence and accuracy per bin.
+
+    A confidence of exactly 0 goes into the first bin. Empty bins have ``None`` confidence and accuracy.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # searchsorted(side="left") puts conf in (edges[i-1], edges[i]] at i: the standard right-closed bins
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins)
+    conf_sum = np.bincount(index, weights=confidence, minlength=n_bins)
+    hit_sum = np.bincount(index, weights=correct.astype(np.float64), minlength=n_bins)
+    return {
+        "edges": edges.tolist(),
+        "count": count.astype(int).tolist(),
+        "confidence": [float(s / c) if c else None for s, c in zip(conf_sum, count)],
+        "accuracy": [float(h / c) if c else None for h, c in zip(hit_sum, count)],
+    }
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float | None:
+    """ECE: Σ_b (n_b / N) · |accuracy_b − mean confidence_b| over equal-width bins; None for no images."""
+    bins = reliability_bins(confidence, correct, n_bins)
+    total = sum(bins["count"])
+    if total == 0:
+        return None
+    filled = [(n, a, c) for n, a, c in zip(bins["count"], bins["accuracy"], bins["confidence"]) if n]
+    return float(sum(n / total * abs(a - c) for n, a, c in filled))

@@ -1,16 +1,22 @@
-"""The run directory: settings check for resume, atomic part files, the merged Parquet, skipped.jsonl.
+"""The run directory: its lock, settings check for resume, atomic part files, the merged Parquet, skipped.jsonl.
 
 Every write is temp file + rename, so a reader (or a resumed run after kill -9) never sees half a
-file; torn leftovers are removed and their rows predicted again.
+file; torn leftovers are removed and their rows predicted again. One process at a time writes a
+run directory (:class:`RunLock`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +30,85 @@ from clipcompare.metrics import TOP_K, prob_column, top_column
 
 log = logging.getLogger(__name__)
 
-_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+# part-00003.parquet (one process) or part-r01-00003.parquet (rank 1 of a torchrun job)
+_PART = re.compile(r"^part-(?:r(\d+)-)?(\d{5,})\.parquet$")
+LOCK_NAME = ".clipcompare.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while one process writes it.
+
+    The lock file ``RUN_DIR/.clipcompare.lock`` records the owner's pid, host and start time for
+    the message a second process gets; whether the owner is alive is decided by an ``flock`` on
+    that file, which the kernel drops when the owner dies however it dies (kill -9 included), so
+    a stale lock is simply taken over and a pid reused by another process cannot keep it. The
+    file is removed on release. ``what`` names the command in the refusal.
+    """
+
+    def __init__(self, root: Path, what: str = "clipcompare") -> None:
+        self.root = Path(root)
+        self.path = self.root / LOCK_NAME
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock or raise UserError (one line) naming the live owner."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root} exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                raise UserError(f"{self.root} is in use by {self._owner_text()}; wait for it to finish "
+                                "or use another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous owner removed the file between our open and flock: try again
+        stale = os.read(fd, 4096)
+        if stale.strip():
+            log.warning("taking over the lock on %s left by %s, which is no longer running", self.root,
+                        _owner_of(stale))
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking, so a waiter re-checks the inode
+            os.close(self._fd)
+            self._fd = None
+
+    def _owner_text(self) -> str:
+        try:
+            return _owner_of(self.path.read_bytes())
+        except OSError:
+            return "another process"
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _owner_of(raw: bytes) -> str:
+    try:
+        info = json.loads(raw)
+        return f"{info.get('command', 'clipcompare')} (pid {info['pid']} on {info['host']}, since {info['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
 
 
 class RunStore:
@@ -40,7 +124,7 @@ class RunStore:
             raise UserError(f"--out {self.root} exists and is not a directory")
         run_json = self.root / "run.json"
         if not run_json.is_file():
-            if self.root.is_dir() and any(self.root.iterdir()):
+            if self.root.is_dir() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
                 raise UserError(f"--out {self.root} is not empty and has no run.json; choose a new directory")
             return None
         try:
@@ -66,11 +150,14 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.root / name, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
-    def write_part(self, dataset: str, table: pa.Table) -> Path:
+    def write_part(self, dataset: str, table: pa.Table, rank: int | None = None) -> Path:
+        """The next part file; ``rank`` (a torchrun job's) gives each process its own numbering."""
         parts = self.parts_dir(dataset)
         parts.mkdir(parents=True, exist_ok=True)
-        numbers = [int(m.group(1)) for p in parts.iterdir() if (m := _PART.match(p.name))]
-        path = parts / f"part-{max(numbers, default=-1) + 1:05d}.parquet"
+        numbers = [int(m.group(2)) for p in parts.iterdir()
+                   if (m := _PART.match(p.name)) and (None if m.group(1) is None else int(m.group(1))) == rank]
+        prefix = "part-" if rank is None else f"part-r{rank:02d}-"
+        path = parts / f"{prefix}{max(numbers, default=-1) + 1:05d}.parquet"
         _atomic_write_table(table, path)
         return path
 
@@ -111,12 +198,17 @@ class RunStore:
         table = table.replace_schema_metadata({"clipcompare": json.dumps(meta)})
         self.predictions.mkdir(parents=True, exist_ok=True)
         _atomic_write_table(table, final)
-        shutil.rmtree(parts, ignore_errors=True)
+        remove_parts(parts)
         return final
 
     def read_predictions(self, dataset: str):
         """The merged predictions as a pandas DataFrame."""
         return pq.read_table(self.final_path(dataset)).to_pandas()
+
+
+def remove_parts(parts: Path) -> None:
+    """Delete a merged dataset's part files (module-level so tests can kill a run right here)."""
+    shutil.rmtree(parts, ignore_errors=True)
 
 
 def _dedupe_in_order(tables: list[pa.Table], ds: ImageDataset) -> pa.Table:
@@ -156,26 +248,38 @@ def _brief(value: Any) -> str:
 
 
 class SkipLog:
-    """``skipped.jsonl``: one JSON line per unreadable image, appended and flushed as they occur."""
+    """``skipped.jsonl``: one JSON line per unreadable image, appended and flushed as they occur.
 
-    def __init__(self, path: Path) -> None:
+    Rank ``k`` of a torchrun job appends to ``skipped.rank<k>.jsonl`` instead (no two processes
+    append to one file, which a network file system would not keep whole); every rank reads them
+    all, and :meth:`fold` (rank 0, once the others are done) moves them into ``skipped.jsonl``.
+    """
+
+    def __init__(self, path: Path, rank: int | None = None) -> None:
         self.path = path
+        self.write_path = path if not rank else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
         self._records: dict[tuple[str, str], str] = {}
         self._file = None
-        if path.is_file():
-            self._load()
+        for p in [path, *self._rank_files()]:
+            if p.is_file():
+                self._load(p, repair=p == self.write_path)
 
-    def _load(self) -> None:
-        raw = self.path.read_bytes()
+    def _rank_files(self) -> list[Path]:
+        if not self.path.parent.is_dir():
+            return []
+        return sorted(self.path.parent.glob(f"{self.path.stem}.rank*{self.path.suffix}"))
+
+    def _load(self, path: Path, repair: bool) -> None:
+        raw = path.read_bytes()
         for line in raw.splitlines():
             try:
                 rec = json.loads(line)
-                self._records[(rec["dataset"], rec["path"])] = rec["reason"]
+                self._records.setdefault((rec["dataset"], rec["path"]), rec["reason"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line torn by kill -9
-        if raw and not raw.endswith(b"\n"):
+        if repair and raw and not raw.endswith(b"\n"):
             # drop the torn tail so the next append starts on a fresh line
-            self.path.write_bytes(raw[: raw.rfind(b"\n") + 1])
+            path.write_bytes(raw[: raw.rfind(b"\n") + 1])
 
     def paths(self, dataset: str) -> set[str]:
         return {p for d, p in self._records if d == dataset}
@@ -189,10 +293,23 @@ class SkipLog:
             return
         self._records[(dataset, path)] = reason
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+            self.write_path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.write_path.open("a", encoding="utf-8")
         self._file.write(json.dumps({"dataset": dataset, "path": path, "reason": reason}) + "\n")
         self._file.flush()
+
+    def fold(self) -> None:
+        """Re-read every rank's file and keep one ``skipped.jsonl`` (atomically rewritten) with them all."""
+        self.close()
+        others = self._rank_files()
+        if not others:
+            return
+        for p in others:
+            self._load(p, repair=False)
+        lines = "".join(json.dumps({"dataset": d, "path": p, "reason": r}) + "\n" for (d, p), r in self._records.items())
+        atomic_write_bytes(self.path, lines.encode())
+        for p in others:  # a kill between these lines leaves duplicates, which loading drops
+            p.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._file is not None:

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="how many predictions per image and model (default 5)")
     p.add_argument("--raw-cosine", action="store_true", help=RAW_COSINE_HELP)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", metavar="fp32|bf16|fp16",
+                   help="cast the models to this dtype, as `precision` does (default fp32)")
     p.add_argument("--allow-random", action="store_true",
                    help="use random weights when pretrained weights are missing (for dry runs; results are meaningless)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -46,10 +48,15 @@ def _run(args: argparse.Namespace) -> int:
     from clipcompare.errors import UserError
     from clipcompare.imagenet.classes import SEED_LABELS
     from clipcompare.models.classifier import ClassSet, create_classifier
+    from clipcompare.precision.support import DTYPES, dtype_support, parse_dtype
     from clipcompare.zeroshot import default_cache_dir
 
     if args.top < 1:
         raise UserError("--top must be at least 1")
+    precision = parse_dtype(args.precision)
+    support = dtype_support(precision, "cuda" if str(args.device).startswith("cuda") else "cpu")
+    if not support.supported:
+        raise UserError(f"--precision {precision} on {args.device}: {support.note}")
     open_images(args.images)  # fail on a bad image before minutes of model loading
     if args.labels:
         classes = ClassSet.from_labels(args.labels)
@@ -62,12 +69,16 @@ def _run(args: argparse.Namespace) -> int:
                           allow_random=args.allow_random, device=args.device)
         for s in model_specs(args)
     ]
+    for clf in classifiers:
+        clf.model.to(dtype=DTYPES[precision])
     results, notes = classify(classifiers, args.images, classes, top_k=args.top, raw_cosine=args.raw_cosine)
     random = [c.name for c in classifiers if not c.pretrained]
     notes += [f"{n}: random weights (results are meaningless)" for n in random]
+    if support.note:
+        notes.append(f"precision {precision}: {support.note}")
     if args.json:
         print_json({"classes": len(classes), "templates": args.templates, "raw_cosine": args.raw_cosine,
-                    "results": results_to_dict(results), "notes": notes})
+                    "precision": precision, "results": results_to_dict(results), "notes": notes})
         return 0
     for res in results:
         print(res.path)
@@ -75,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {model}")
             for rank, pr in enumerate(preds, 1):
                 print(f"    {rank}. {pr.label:<32} {pr.prob:7.2%}")
+    print(f"precision: {precision}")
     for note in notes:
         print(f"note: {note}")
     return 0

@@ -34,8 +34,22 @@ def model_specs(args: argparse.Namespace) -> list:
     if args.weights is not None:
         if len(specs) != 1:
             raise UserError("--weights needs exactly one --model")
-        specs = [replace(specs[0], path=args.weights, tag=None)]
+        # a tag written in the spec says whose weights the file holds (clip:RN50@yfcc15m, resnet50:IMAGENET1K_V2)
+        named = "@" in texts[0] or ":" in texts[0].removeprefix("clip:")
+        specs = [replace(specs[0], path=args.weights, tag=specs[0].tag if named else None)]
     return specs
+
+
+def ensure_out_dir(path: Path | None) -> None:
+    """Create ``--out DIR`` now, before any work, so a bad path costs nothing already computed."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot create it ({exc.strerror or exc})") from None
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -1,8 +1,11 @@
-"""`clipcompare demo`: the main job on a built-in default, what `make demo` runs.
+"""`clipcompare demo`: the whole tool on real photographs, what `make demo` runs.
 
-Architecture comparison of ResNet-50 and CLIP RN50, then an end-to-end `evaluate` of both on
-generated images of the seed notebooks' 10 ImageNet classes. Pretrained weights are used when
-they are in the caches; otherwise the models run with random weights and the output says so.
+1. architecture (`inspect`) of ResNet-50 and CLIP RN50; 2. classification of the photos that ship
+with scikit-image and scikit-learn (CLIP with free-text labels and with the 1000 ImageNet classes,
+ResNet-50 with the ImageNet classes); 3. `evaluate` on photo / sketch / art renditions of those
+photos whose ImageNet class is clear; 4. a small `precision` run; 5. `report` of it all as one HTML
+page, whose path is the last line printed. Pretrained weights are used when they are in the caches;
+otherwise the models run with random weights and the output says so.
 """
 
 from __future__ import annotations
@@ -10,50 +13,144 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipcompare.cli.common import add_model_args, model_specs
+from clipcompare.cli.common import add_model_args, ensure_out_dir, int_at_least, model_specs
 from clipcompare.models.spec import DEFAULT_MODELS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="compare ResNet-50 and CLIP RN50 end to end on a built-in default",
+    p = sub.add_parser("demo", help="ResNet-50 vs CLIP RN50 end to end on real photos, ending in an HTML report",
                        description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
-    p.add_argument("--per-class", type=int, default=3, help="generated images per class (default 3)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    p.add_argument("--photos", type=int_at_least(1), default=None, metavar="N",
+                   help="use only the first N photos that have an ImageNet class (default: all; for quick checks)")
+    p.add_argument("--views", type=int_at_least(1), default=2, metavar="N",
+                   help="views (the photo, mirrored / cropped variants) per photo and rendition (default 2)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_model_args(p, DEFAULT_MODELS)
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     from clipcompare.cli.evaluate_cmd import format_summary, summary_rows
     from clipcompare.cli.inspect_cmd import render
-    from clipcompare.data.synthetic import make_image_folder
-    from clipcompare.errors import UserError
-    from clipcompare.evaluate import EvaluateOptions, evaluate
-    from clipcompare.imagenet.classes import SEED_LABELS, imagenet_classes
-    from clipcompare.models.classifier import ClassSet
+    from clipcompare.data.base import DatasetSpec
+    from clipcompare.data.photos import SAMPLE_PHOTOS, write_domains, write_photos
+    from clipcompare.evaluate import EvaluateOptions, evaluate, resolve_device
     from clipcompare.models.inspect import build_report
+    from clipcompare.precision import PrecisionConfig, save_report
+    from clipcompare.precision import evaluate as precision_evaluate
+    from clipcompare.report import build_report as build_html_report
+    from clipcompare.report import write_html
 
-    if args.per_class < 1:
-        raise UserError("--per-class must be at least 1")
-    print("== 1. Architecture (clipcompare inspect) ==")
+    ensure_out_dir(args.out)
     specs = model_specs(args)
-    report = build_report(specs)
-    print("\n".join(render(report)))
+    device = resolve_device(args.device)
+    classed = [p for p in SAMPLE_PHOTOS if p.wnid is not None][: args.photos]
+    photos = classed + [p for p in SAMPLE_PHOTOS if p.wnid is None][: args.photos]
+    random: set[str] = set()
+    clock = _Clock()
 
-    seed = ClassSet.from_labels(SEED_LABELS)
-    wnids = [imagenet_classes()[i].wnid for i in seed.imagenet_indices]
-    data = make_image_folder(args.out / "data", wnids, args.per_class)
-    print(f"\n== 2. Evaluation (clipcompare evaluate) on {len(wnids) * args.per_class} generated images "
-          f"of {len(wnids)} ImageNet classes in {data} ==")
+    print("== 1. Architecture (clipcompare inspect) ==")
+    print("\n".join(render(build_report(specs))))
+    clock.lap()
+
+    print(f"\n== 2. Classification (clipcompare classify) of {len(photos)} photos from scikit-image and "
+          "scikit-learn ==")
+    paths = write_photos(args.out / "photos", photos)
+    random |= _classify(specs, photos, paths, device)
+    clock.lap()
+
+    data = write_domains(args.out / "data", classed, args.views)
+    n = len(classed) * args.views
+    print(f"\n== 3. Evaluation (clipcompare evaluate): {n} images of {len(classed)} ImageNet classes as photo, "
+          f"sketch (Canny edges) and art (posterised) ==")
     result = evaluate(
-        specs, [f"imagenet={data}"],
-        EvaluateOptions(out=args.out / "run", device=args.device, templates="single", allow_random=True,
+        specs, [DatasetSpec("folder", folder, name=domain) for domain, folder in data.items()],
+        EvaluateOptions(out=args.out / "evaluate", device=str(device), templates="single", allow_random=True,
                         workers=0, command=("clipcompare", "demo")),
     )
     print(format_summary(result.metrics, summary_rows(result.metrics), result.out))
-    if result.random_weights:
-        print(f"\nnote: {', '.join(result.random_weights)} ran with RANDOM weights (none cached, no network), so the accuracies "
-              "above are meaningless; the images are generated too. Put the weights where `clipcompare classify "
-              "IMAGE` tells you, then run `clipcompare evaluate --dataset imagenet=/path/to/val ...` on real data.")
+    random |= set(result.random_weights)
+    clock.lap()
+
+    print("\n== 4. Precision (clipcompare precision): fp32 vs bf16" + (" vs fp16" if device.type == "cuda" else "")
+          + ", batch 1 and 4 ==")
+    config = PrecisionConfig(
+        dtypes=("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"), batch_sizes=(1, 4),
+        device=device.type, labels=tuple(p.wnid for p in classed), images=args.out / "photos", max_images=4,
+        warmup=1, min_runs=3, min_time_s=0.2, max_time_s=2.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        precision = precision_evaluate(specs, config, out_dir=args.out / "precision", allow_random=True)
+    save_report(precision, args.out / "precision")
+    from clipcompare.cli.precision_cmd import format_report
+
+    print(format_report(precision))
+    random |= {m["model"] for m in precision["models"] if not m["pretrained"]}
+    clock.lap()
+
+    print("\n== 5. Report (clipcompare report) ==")
+    report = write_html(build_html_report([result.out, args.out / "precision"], title="clipcompare demo"),
+                        args.out / "report.html")
+    clock.lap()
+    print(f"demo took {clock.total():.0f} s")
+    if random:
+        print(f"note: {', '.join(sorted(random))} ran with RANDOM weights (none cached, no network), so every accuracy "
+              "and prediction above is meaningless. Put the weights where `clipcompare classify IMAGE` tells you and "
+              "run `make demo` again.")
+    print("open the report (self-contained, works offline):")
+    print(report)
     return 0
+
+
+class _Clock:
+    """Seconds per step, printed after it, so a slow step shows where the time went."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self.start = self.last = self._now()
+
+    def lap(self) -> None:
+        now = self._now()
+        print(f"[{now - self.last:.1f} s]")
+        self.last = now
+
+    def total(self) -> float:
+        return self._now() - self.start
+
+
+def _classify(specs, photos, paths, device) -> set[str]:
+    """Print each photo's top-3 from CLIP over free-text labels, and from both models over ImageNet; returns
+    the models that ran with random weights."""
+    from clipcompare.classify import classify
+    from clipcompare.models.classifier import ClassSet, create_classifier
+    from clipcompare.zeroshot import default_cache_dir
+
+    classifiers = [create_classifier(s, templates="single", cache_dir=default_cache_dir(), allow_random=True,
+                                     device=device) for s in specs]
+    files = [paths[p.name] for p in photos]
+    free, free_notes = classify(classifiers, files, ClassSet.from_labels([p.label for p in photos]), top_k=3)
+    imagenet, _ = classify(classifiers, files, ClassSet.imagenet(), top_k=3)
+    for photo, by_label, by_imagenet in zip(photos, free, imagenet):
+        truth = f"ImageNet {photo.wnid}" if photo.wnid else "no ImageNet class"
+        print(f"{photo.name} ({photo.source}; {truth}; free text: {photo.label!r})")
+        for title, res in (("free text", by_label), ("ImageNet", by_imagenet)):
+            for model, preds in res.predictions.items():
+                top = ", ".join(f"{p.label} {p.prob:.1%}" + (" ✓" if _is_right(photo, p) else "") for p in preds)
+                print(f"  {title:9}  {model:28} {top}")
+    print("(✓: the photo's class)")
+    for note in free_notes:
+        print(f"note (free text): {note}")
+    return {c.name for c in classifiers if not c.pretrained}
+
+
+def _is_right(photo, prediction) -> bool:
+    from clipcompare.imagenet.classes import index_of_wnid
+
+    if prediction.imagenet_index is None:
+        return prediction.label == photo.label
+    return photo.wnid is not None and prediction.imagenet_index == index_of_wnid(photo.wnid)

@@ -20,7 +20,8 @@ DATASET_HELP = (
 
 
 def default_workers(device: str | None) -> int:
-    """Decode workers: none on CPU, cores - 1 (at most 16) when a GPU does the compute.
+    """Decode workers: none on CPU, cores - 1 (at most 16) when a GPU does the compute (cores / N - 1
+    for each of torchrun's N processes on this machine).
 
     On CPU the forward passes already use every core; a worker process only takes a core from
     them. Measured on 2 cores (ResNet-50 + CLIP RN50, batch 32): 13.7 images/s decoding inline vs
@@ -29,7 +30,9 @@ def default_workers(device: str | None) -> int:
     from clipcompare.evaluate import resolve_device
 
     on_cpu = resolve_device(device).type == "cpu"
-    return 0 if on_cpu else max(0, min(16, (os.cpu_count() or 1) - 1))
+    # torchrun starts LOCAL_WORLD_SIZE processes on this machine: they share its cores
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return 0 if on_cpu else max(0, min(16, (os.cpu_count() or 1) // local - 1))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--templates", default="openai", metavar="single|openai|FILE",
                    help="CLIP prompt templates (default: openai's 80)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for models and inputs")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format for models and inputs (default: on CUDA whichever is faster "
+                   "for each model, measured at start-up; contiguous on CPU)")
+    p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: PIL decoding and preprocessing in the workers (default, the reference); gpu: JPEGs "
+                   "decoded (nvJPEG) and preprocessed on the device, other files through the CPU path")
+    p.add_argument("--precision", default="fp32", metavar="fp32|bf16|fp16",
+                   help="cast the models to this dtype (default fp32); bf16/fp16 are for GPUs and CPUs with native "
+                   "support")
     p.add_argument("--allow-random", action="store_true",
                    help="use random weights when pretrained ones are missing (dry runs, tiny test models)")
     p.add_argument("--chunk-size", type=int_at_least(1), default=2048, metavar="N",
@@ -69,13 +80,19 @@ def run(args: argparse.Namespace) -> int:
         workers=default_workers(args.device) if args.workers is None else max(0, args.workers), device=args.device,
         templates=args.templates, channels_last=args.channels_last, allow_random=args.allow_random,
         chunk_size=args.chunk_size, progress=args.progress, command=tuple(["clipcompare", *sys.argv[1:]]),
+        decode=args.decode, precision=args.precision,
     )
     result = evaluate(model_specs(args), args.datasets, options)
+    if not result.is_main:  # a torchrun rank other than 0: rank 0 prints the summary
+        return 0
     rows = summary_rows(result.metrics)
+    setup = run_setup(result.options)
     if args.json:
-        print_json({"run_dir": str(result.out), "rows": rows, "skipped_images": result.metrics["skipped_images"]})
+        print_json({"run_dir": str(result.out), "rows": rows, "skipped_images": result.metrics["skipped_images"],
+                    "setup": setup})
     else:
         print(format_summary(result.metrics, rows, result.out))
+        print(format_setup(setup))
     return 0
 
 
@@ -88,6 +105,25 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                          "mean_per_class": m["mean_per_class"], "wordnet_distance": m["mean_wordnet_distance_wrong"],
                          "skipped": ds["skipped"]["count"]})
     return rows
+
+
+def run_setup(options: dict[str, Any]) -> dict[str, Any]:
+    """How the predictions were computed (from run.json's options)."""
+    keys = ("device", "decode", "precision", "memory_formats", "world_size", "precision_note")
+    return {k: options[k] for k in keys if options.get(k) is not None}
+
+
+def format_setup(setup: dict[str, Any]) -> str:
+    """One line: ``device cpu, decode cpu, precision fp32, contiguous`` (+ the precision note)."""
+    formats = sorted(set((setup.get("memory_formats") or {}).values()))
+    parts = [f"device {setup.get('device')}", f"decode {setup.get('decode')}", f"precision {setup.get('precision')}",
+             "memory format " + ("/".join(formats) or "contiguous")]
+    if setup.get("world_size", 1) > 1:
+        parts.append(f"{setup['world_size']} processes")
+    line = "computed with " + ", ".join(parts)
+    if setup.get("precision_note"):
+        line += f"\nnote: {setup['precision_note']}"
+    return line
 
 
 SHOW = 3  # per model in the text summary; metrics.json has the top 10

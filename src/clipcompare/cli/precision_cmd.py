@@ -9,6 +9,7 @@ from typing import Any
 from clipcompare.cli.common import (
     add_model_args,
     csv_list,
+    ensure_out_dir,
     format_table,
     int_at_least,
     model_specs,
@@ -103,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         min_time_s=args.min_time, max_time_s=max(args.max_time, args.min_time), threads=args.threads,
     )
     specs = model_specs(args)
+    ensure_out_dir(args.out)
     report = evaluate(specs, config, out_dir=args.out, allow_random=True)
     files = save_report(report, args.out) if args.out is not None else {}
     if args.json:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from clipcompare.errors import UserError
 from clipcompare.models.classifier import ClassSet
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
@@ -69,10 +72,45 @@ def check_root(root: Path, kind: str) -> None:
         raise UserError(f"dataset {kind}: {root} is not a directory")
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop (ELOOP) or an unreadable link target is not a folder
+        return False
+
+
+def _within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or inside it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _unreadable(kind: str) -> Callable[[OSError], None]:
+    def fail(err: OSError) -> None:
+        raise UserError(f"dataset {kind}: cannot list {err.filename}: {err.strerror or err}")
+
+    return fail
+
+
 def class_folders(root: Path, kind: str) -> list[str]:
-    """Sorted names of the class sub-folders of ``root`` (hidden folders ignored); error if none."""
+    """Sorted names of the class sub-folders of ``root`` (hidden folders ignored); error if none.
+
+    A symlinked class folder is followed, unless it leads back to ``root`` or above (a loop).
+    """
     check_root(root, kind)
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    real_root = os.path.realpath(root)
+    try:
+        entries = list(os.scandir(root))
+    except OSError as exc:
+        raise UserError(f"dataset {kind}: cannot list {root}: {exc.strerror or exc}") from None
+    names = []
+    for e in entries:
+        if e.name.startswith(".") or not _is_dir(e):
+            continue
+        if _within(real_root, os.path.realpath(e.path)):
+            log.warning("dataset %s: ignoring %s, a link back to the dataset folder or above", kind, e.path)
+            continue
+        names.append(e.name)
+    names.sort()
     if not names:
         raise UserError(
             f"dataset {kind}: no class folders under {root} "
@@ -81,14 +119,24 @@ def class_folders(root: Path, kind: str) -> list[str]:
     return names
 
 
-def images_in(folder: Path, root: Path, limit: int | None = None) -> list[str]:
+def images_in(folder: Path, root: Path, limit: int | None = None, kind: str = "folder") -> list[str]:
     """Image files under ``folder`` (recursively), as sorted POSIX paths relative to ``root``.
 
+    Symlinked folders are followed (datasets are often built from links), each real folder once:
+    a link to a folder already read or to one above ``folder`` (a loop) is not entered. A folder
+    that cannot be listed is a :class:`UserError`, not silently missing images.
     ``limit`` keeps the first N in sorted order, so ``--limit-per-class`` picks the same files on
     every run (which resuming relies on).
     """
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    top = os.path.realpath(folder)
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable(kind), followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen or (real != top and _within(top, real)):
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = Path(dirpath).relative_to(root)
         found.extend((rel / f).as_posix() for f in filenames if is_image_file(f) and not f.startswith("."))
@@ -103,7 +151,7 @@ def collect_samples(
     samples: list[Sample] = []
     empty: list[str] = []
     for folder, target in folder_targets:
-        paths = images_in(root / folder, root, limit)
+        paths = images_in(root / folder, root, limit, kind)
         if not paths:
             empty.append(folder)
         samples.extend(Sample(p, target) for p in paths)

@@ -1,26 +1,70 @@
 """Decode each image once and apply every model's preprocessing, safe to run in DataLoader workers.
 
-A file that cannot be decoded (truncated JPEG, empty file, text named ``.jpg``) yields an error
-string instead of tensors: raising inside a worker would end the whole run.
+A file that cannot be decoded (truncated JPEG, empty file, text named ``.jpg``, no permission,
+more pixels than Pillow's decompression-bomb limit) yields an error string instead of tensors:
+raising inside a worker would end the whole run.
+
+Images become RGB the way torchvision's and open_clip's own loaders make them (PIL's
+``convert("RGB")``), so published numbers stay reproducible: CMYK and palette images are converted
+by PIL, an alpha channel is dropped (the colour stored under transparent pixels is kept, not
+composited on a background) and EXIF orientation is *not* applied (the stored pixels are used, as
+those loaders do). The one exception is 16-bit greyscale, which PIL's convert clips at 255 (a
+16-bit PNG comes out nearly white): it is scaled to 8 bits instead.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
+
+# load_rgb enforces Pillow's pixel limit itself (and reports it per image); Pillow's own warning
+# for the same images would only repeat that on stderr
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Item = tuple[int, "tuple[torch.Tensor, ...] | None", "str | None"]
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Fully decoded RGB image; raises on any unreadable or truncated file."""
+    """Fully decoded RGB image; raises on any unreadable, truncated or oversized file.
+
+    Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` and only warns above it; here the
+    limit itself applies, checked from the header before any pixel is decoded.
+    """
     with Image.open(path) as img:
-        # convert() forces the full decode inside the with-block, so truncation raises here
-        return img.convert("RGB")
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and img.width * img.height > limit:
+            raise Image.DecompressionBombError(
+                f"{img.width}x{img.height} = {img.width * img.height} pixels exceeds Pillow's limit of {limit} "
+                "(PIL.Image.MAX_IMAGE_PIXELS)"
+            )
+        # converting forces the full decode inside the with-block, so truncation raises here
+        return to_rgb(img)
+
+
+_WIDE_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img.convert("RGB")``, except that 16-bit greyscale is scaled to 8 bits instead of clipped."""
+    if img.mode in _WIDE_GREY:
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode != "I" or values.max(initial=0) > 255:  # mode I holding 8-bit values needs no scaling
+            values = values / 257.0  # 65535 -> 255, and x*257 (8-bit data stored as 16) -> x exactly
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_and_transform(path: Path, transforms: Sequence[Transform]) -> tuple[torch.Tensor, ...]:
+    """What ``--decode cpu`` produces for one image: one PIL decode, every model's transform."""
+    img = load_rgb(path)
+    return tuple(t(img) for t in transforms)
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -36,8 +80,7 @@ class DecodedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Item:
         try:
-            img = load_rgb(self.root / self.paths[i])
-            return i, tuple(t(img) for t in self.transforms), None
+            return i, decode_and_transform(self.root / self.paths[i], self.transforms), None
         except Exception as exc:  # noqa: BLE001 - any failure on one image must not stop the run
             return i, None, f"{type(exc).__name__}: {exc}"
 

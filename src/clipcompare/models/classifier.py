@@ -164,10 +164,16 @@ class ClipClassifier(Classifier):
 
     @property
     def model_id(self) -> str:
-        """Identity of model *and* weights, for the head cache."""
+        """Identity of model, weights *and* text-tower activation, for the head cache.
+
+        The same weights built with GELU and with QuickGELU give different heads, so a head cached
+        under one must never be served for the other.
+        """
         from clipcompare.models.hashing import weights_fingerprint
 
-        return f"{self.name}#{weights_fingerprint(self.model)}"
+        build = self.loaded.build
+        activation = f"#{build.activation}" if build is not None else ""
+        return f"{self.name}#{weights_fingerprint(self.model)}{activation}"
 
     def head(self, classes: ClassSet) -> torch.Tensor:
         """Zero-shot weights [D, C] for ``classes`` (memory, then disk cache, then built)."""

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from clipcompare.models.loading import LoadedModel, load_model
+from clipcompare.models.loading import LoadedModel, activation_names, load_model
 from clipcompare.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ class ModelInspection:
     layers: LayerCounts
     resnet: ResNetSummary | None = None
     vit: ViTSummary | None = None
+    build: dict[str, Any] | None = None  # LoadedModel.build: activation, logit scale, preprocessing
 
 
 @dataclass
@@ -438,19 +439,6 @@ def measure_stages(tower: nn.Module, image_size: int = 224) -> tuple[list[Stage]
     return stages, total
 
 
-def _activation_names(module: nn.Module) -> list[str]:
-    """Activation classes used, in order of first appearance (QuickGELU, ReLU, GELU...)."""
-    found: list[str] = []
-    for m in module.modules():
-        cls = type(m)
-        is_act = (cls.__module__ == "torch.nn.modules.activation"
-                  and not isinstance(m, (nn.MultiheadAttention, nn.Softmax, nn.LogSoftmax))
-                  ) or cls.__name__.endswith(("GELU", "ReLU", "SiLU", "Swish"))
-        if is_act and cls.__name__ not in found:
-            found.append(cls.__name__)
-    return found
-
-
 def _is_attention(m: nn.Module) -> bool:
     return isinstance(m, nn.MultiheadAttention) or all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj"))
 
@@ -568,7 +556,7 @@ def resnet_summary(tower: nn.Module) -> ResNetSummary | None:
         stem=_stem_summary(tower, groups["stem"]),
         downsampling=_downsample_summary(tower),
         head=_head_summary(tower, groups["head"]),
-        activations=_activation_names(tower),
+        activations=activation_names(tower),
         blocks=[len(getattr(tower, n)) for n in layers],
         widths=_widths(tower),
     )
@@ -592,7 +580,7 @@ def vit_summary(tower: nn.Module) -> ViTSummary | None:
         image_size=image, patch_size=patch, width=conv.out_channels, blocks=len(resblocks),
         heads=attn.num_heads, mlp_dim=mlp[0].out_features if mlp else 0, output_dim=int(output_dim),
         grid=grid, tokens=grid * grid + int(class_token), class_token=class_token,
-        activations=_activation_names(tower),
+        activations=activation_names(tower),
     )
 
 
@@ -656,6 +644,7 @@ def inspect_loaded(loaded: LoadedModel, image_size: int | None = None) -> ModelI
         layers=count_layers(tower, flops),
         resnet=resnet_summary(tower),
         vit=vit_summary(tower),
+        build=loaded.build.to_dict() if loaded.build is not None else None,
     )
 
 

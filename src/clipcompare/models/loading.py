@@ -15,7 +15,7 @@ import os
 import socket
 import warnings
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -24,11 +24,62 @@ import torch
 from torch import nn
 
 from clipcompare.errors import MissingWeightsError, UserError
-from clipcompare.models.spec import DEFAULT_CLIP_TAG, ModelSpec
+from clipcompare.models.spec import DEFAULT_CLIP_TAG, DEFAULT_TORCHVISION_WEIGHTS, ModelSpec
 
 log = logging.getLogger(__name__)
 
 Preprocess = Callable[[Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """Everything about a build that the weights do not determine, as the loader decided it.
+
+    Two checkpoints with equal tensors give different numbers when any of this differs (a CLIP
+    text tower built with GELU instead of the QuickGELU it was trained with, a 232-pixel resize
+    instead of 256), so it is logged at ``-v``, shown by ``inspect`` and stored in run.json.
+    """
+
+    architecture: str  # the open_clip config or torchvision builder that was run
+    activation: str  # measured on the built model: CLIP's transformer MLPs (QuickGELU/GELU), else the CNN's
+    activation_source: str  # why that activation
+    logit_scale: str | None  # CLIP: where exp(logit_scale) comes from; None for a classifier head
+    resize: int | list[int]  # resize target before the crop (shorter side unless resize_mode says otherwise)
+    crop: int | list[int]  # centre crop fed to the model
+    interpolation: str
+    resize_mode: str  # shortest (resize the shorter side, then crop), squash or longest (open_clip)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    preprocess_source: str  # whose preprocessing: a pretrained tag, torchvision weights, a model config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for logs and ``inspect``."""
+        scale = f"; logit scale: {self.logit_scale}" if self.logit_scale else ""
+        return (
+            f"{self.architecture}, activation {self.activation} ({self.activation_source}){scale}; "
+            f"preprocess: resize {self.resize} ({self.resize_mode}, {self.interpolation}), crop {self.crop}, "
+            f"mean {_floats(self.mean)}, std {_floats(self.std)} ({self.preprocess_source})"
+        )
+
+
+def _floats(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def activation_names(module: nn.Module) -> list[str]:
+    """Activation classes used in ``module``, in order of first appearance (QuickGELU, ReLU, GELU...)."""
+    found: list[str] = []
+    for m in module.modules():
+        cls = type(m)
+        is_act = (cls.__module__ == "torch.nn.modules.activation"
+                  and not isinstance(m, (nn.MultiheadAttention, nn.Softmax, nn.LogSoftmax))
+                  ) or cls.__name__.endswith(("GELU", "ReLU", "SiLU", "Swish"))
+        if is_act and cls.__name__ not in found:
+            found.append(cls.__name__)
+    return found
 
 
 @dataclass
@@ -42,6 +93,7 @@ class LoadedModel:
     pretrained: bool = True
     weights_file: str | None = None
     missing_weights: str | None = None  # the file that was needed, when random weights stand in
+    build: BuildInfo | None = None  # what the loader decided beyond the weights (see BuildInfo)
 
 
 def _fall_back_or_raise(err: MissingWeightsError, allow_random: bool, cause: BaseException | None = None) -> None:
@@ -83,6 +135,8 @@ def load_model(spec: ModelSpec, *, allow_random: bool = False, device: str | tor
     loader = {"clip": load_clip, "trained": load_trained_checkpoint}.get(spec.family, load_torchvision)
     loaded = loader(spec, allow_random=allow_random)
     loaded.model.eval().to(device)
+    if loaded.build is not None:
+        log.info("%s: %s", loaded.spec.name, loaded.build.describe())
     return loaded
 
 
@@ -120,16 +174,21 @@ def _torchvision_weights(arch: str, tag: str | None):
 
 
 def load_torchvision(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
-    """torchvision classifier with its weights' own transforms (V1: 256→224, V2: 232→224)."""
+    """torchvision classifier with its weights' own transforms (V1: 256→224, V2: 232→224).
+
+    A local file (``resnet50=FILE``) gets the transforms of IMAGENET1K_V1 unless the spec names
+    the weights it holds (``resnet50:IMAGENET1K_V2=FILE``).
+    """
     from torchvision import models
 
-    weights = _torchvision_weights(spec.arch, spec.tag or ("IMAGENET1K_V1" if spec.path else None))
+    weights = _torchvision_weights(spec.arch, spec.tag or (DEFAULT_TORCHVISION_WEIGHTS if spec.path else None))
     model = models.get_model(spec.arch, weights=None)
     preprocess = weights.transforms()
+    build = _torchvision_build_info(spec, model, weights, preprocess)
     if spec.path is not None:
         state = _load_state_dict_file(spec.path)
         _load_strict(model, state, spec.path)
-        return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(spec.path))
+        return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(spec.path), build=build)
     filename = os.path.basename(weights.url)
     target = Path(torch.hub.get_dir()) / "checkpoints" / filename
     try:
@@ -143,9 +202,31 @@ def load_torchvision(spec: ModelSpec, *, allow_random: bool = False) -> LoadedMo
             filename,
         )
         _fall_back_or_raise(err, allow_random, exc)
-        return LoadedModel(spec, model, preprocess, pretrained=False, missing_weights=filename)
+        return LoadedModel(spec, model, preprocess, pretrained=False, missing_weights=filename, build=build)
     model.load_state_dict(state)
-    return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(target))
+    return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(target), build=build)
+
+
+def _torchvision_build_info(spec: ModelSpec, model: nn.Module, weights: Any, preprocess: Any) -> BuildInfo:
+    """A torchvision build: the architecture fixes the activation, the weights enum the transforms."""
+    chosen = ", the default for a local file" if spec.path is not None and spec.tag is None else ""
+    return BuildInfo(
+        architecture=f"torchvision {spec.arch}",
+        activation=", ".join(activation_names(model)) or "none",
+        activation_source=f"fixed by torchvision's {spec.arch}",
+        logit_scale=None,
+        resize=_single(preprocess.resize_size), crop=_single(preprocess.crop_size),
+        interpolation=preprocess.interpolation.value, resize_mode="shortest",
+        mean=tuple(preprocess.mean), std=tuple(preprocess.std),
+        preprocess_source=f"{weights.__class__.__name__}.{weights.name} transforms{chosen}",
+    )
+
+
+def _single(size: Any) -> int | list[int]:
+    """torchvision and open_clip give sizes as an int, [n] or [h, w]; [n] means n."""
+    if isinstance(size, (list, tuple)):
+        return int(size[0]) if len(size) == 1 else [int(x) for x in size]
+    return int(size)
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -186,17 +267,123 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in n or n.startswith("code/") for n in zf.namelist())
 
 
-def _clip_arch(spec: ModelSpec, quick_gelu: bool) -> tuple[str, bool]:
-    """The open_clip config name and whether QuickGELU must be forced onto it."""
+# Spec suffixes that say which activation a local file was trained with. "-quickgelu" is how
+# open_clip itself names its QuickGELU configs (RN50-quickgelu); "-gelu" is its counterpart.
+ACTIVATION_SUFFIXES: dict[str, bool] = {"-quickgelu": True, "-gelu": False}
+
+
+def _clip_arch(spec: ModelSpec) -> tuple[str, str | None]:
+    """The open_clip config name, and the activation suffix the spec added to it (if any).
+
+    ``RN50-quickgelu`` is an open_clip config of its own and is used as is; ``RN50-gelu`` or
+    ``ViT-B-16-quickgelu`` are not, so the suffix is taken off and read as the activation.
+    """
     import open_clip
 
     register_tiny_configs()
     arch = spec.arch
-    if arch not in open_clip.list_models():
-        close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.5) or ["RN50", "ViT-B-32"]
-        raise UserError(f"unknown open_clip model {arch!r}; closest: {', '.join(close)} (all: open_clip.list_models())")
-    force = quick_gelu and not arch.endswith("-quickgelu")
-    return arch, force
+    known = open_clip.list_models()
+    if arch in known:
+        return arch, None
+    for suffix in ACTIVATION_SUFFIXES:
+        base = arch.removesuffix(suffix)
+        if base != arch and base in known:
+            if spec.path is None:
+                raise UserError(
+                    f"clip:{arch}: the {suffix} suffix names the activation of a local file (clip:{arch}=FILE); "
+                    f"released weights are built with the activation they were trained with (clip:{base})"
+                )
+            return base, suffix
+    close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5) or ["RN50", "ViT-B-32"]
+    raise UserError(f"unknown open_clip model {arch!r}; closest: {', '.join(close)} (all: open_clip.list_models())")
+
+
+def _default_tag(tags: list[str]) -> str:
+    """The tag ``clip:ARCH`` without ``@TAG`` means: OpenAI's when there is one, else the first listed."""
+    return DEFAULT_CLIP_TAG if DEFAULT_CLIP_TAG in tags else tags[0]
+
+
+def _act(quick: bool) -> str:
+    return "QuickGELU" if quick else "GELU"
+
+
+def _listed(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+@dataclass(frozen=True)
+class _ClipPlan:
+    """What a CLIP build uses besides the weights, and why; decided by :func:`_plan_clip_build` only."""
+
+    arch: str
+    quick_gelu: bool
+    activation_source: str
+    preprocess_cfg: dict  # a pretrained tag's cfg (mean/std/interpolation/resize_mode), or {} for the config's
+    preprocess_source: str
+
+
+def _plan_clip_build(spec: ModelSpec, arch: str, suffix: str | None, torchscript: bool) -> _ClipPlan:
+    """Activation and preprocessing of a CLIP build, from open_clip's own registry.
+
+    A local file gets what ``clip:ARCH`` gets for that architecture's released weights: the
+    activation and preprocessing of its default tag (``openai`` when there is one), so
+    ``clip:RN50=FILE`` is QuickGELU like every released RN50. The spec can say otherwise:
+    ``clip:ARCH@TAG=FILE`` (the file holds TAG's weights) or ``clip:ARCH-gelu=FILE`` /
+    ``clip:ARCH-quickgelu=FILE`` (the activation itself).
+    """
+    import open_clip
+
+    config_quick = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tag = spec.tag or (_default_tag(tags) if tags else None)
+    tag_cfg = (open_clip.get_pretrained_cfg(arch, tag) or {}) if tag else {}
+    pp_source = f"pretrained tag {arch}@{tag}" if tag_cfg else f"open_clip config {arch}"
+    if suffix is not None:
+        return _ClipPlan(arch, ACTIVATION_SUFFIXES[suffix], f"spec suffix {suffix}", tag_cfg, pp_source)
+    if config_quick:
+        return _ClipPlan(arch, True, f"open_clip config {arch} has quick_gelu", tag_cfg, pp_source)
+    if spec.tag is not None or (spec.path is None and tag_cfg):
+        quick = bool(tag_cfg.get("quick_gelu", False))
+        return _ClipPlan(arch, quick, f"pretrained tag {tag} was trained with {_act(quick)}", tag_cfg, pp_source)
+    if torchscript:
+        return _ClipPlan(arch, True, "OpenAI TorchScript checkpoint (OpenAI's CLIP uses QuickGELU)", tag_cfg,
+                         pp_source)
+    if not tag_cfg:
+        return _ClipPlan(arch, False, f"open_clip config {arch} (no released weights to follow)", tag_cfg, pp_source)
+    # a local state dict: the weights do not say, so follow what clip:ARCH means
+    by_act: dict[bool, list[str]] = {}
+    for t in tags:
+        by_act.setdefault(bool((open_clip.get_pretrained_cfg(arch, t) or {}).get("quick_gelu", False)), []).append(t)
+    quick = bool(tag_cfg.get("quick_gelu", False))
+    if len(by_act) > 1:
+        log.warning(
+            "clip:%s=%s: %s's released weights differ in activation (QuickGELU: %s; GELU: %s); building %s as "
+            "clip:%s (@%s) does. If the file holds other weights, say which: clip:%s@TAG=FILE or clip:%s-%s=FILE",
+            arch, spec.path, arch, _listed(by_act[True]), _listed(by_act[False]), _act(quick), arch, tag, arch,
+            arch, "gelu" if quick else "quickgelu",
+        )
+        source = f"as clip:{arch} (@{tag}); {arch}'s released weights differ"
+    else:
+        source = f"as clip:{arch}: every released {arch} ({_listed(tags)}) uses {_act(quick)}"
+    return _ClipPlan(arch, quick, source, tag_cfg, pp_source)
+
+
+def _clip_build_info(plan: _ClipPlan, model: nn.Module, pretrained: bool) -> BuildInfo:
+    """The :class:`BuildInfo` of a built open_clip model, read back from the model itself."""
+    pp = dict(model.visual.preprocess_cfg)
+    acts = activation_names(model)
+    gelus = [a for a in acts if a.endswith("GELU")]
+    scale = float(model.logit_scale.detach().float().exp())
+    size = _single(pp.get("size", 224))
+    return BuildInfo(
+        architecture=f"open_clip {plan.arch}",
+        activation=", ".join(gelus or acts) or "none",
+        activation_source=plan.activation_source,
+        logit_scale=f"{'learned, from the checkpoint' if pretrained else 'random init'} (exp = {scale:.4g})",
+        resize=size, crop=size, interpolation=str(pp.get("interpolation")), resize_mode=str(pp.get("resize_mode")),
+        mean=tuple(float(x) for x in pp.get("mean", ())), std=tuple(float(x) for x in pp.get("std", ())),
+        preprocess_source=plan.preprocess_source,
+    )
 
 
 def _cached_clip_file(cfg: dict) -> str | None:
@@ -236,36 +423,30 @@ def _require_network(url: str) -> None:
 
 
 def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
-    """open_clip model + preprocess + tokenizer; QuickGELU forced for weights trained with it."""
+    """open_clip model + preprocess + tokenizer, built as :func:`_plan_clip_build` decides."""
     import open_clip
 
-    register_tiny_configs()
-    tag_cfg: dict = {}
+    arch, suffix = _clip_arch(spec)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if spec.tag is not None and spec.tag not in tags:
+        raise UserError(f"{arch} has no pretrained tag {spec.tag!r}; available: {', '.join(tags) or 'none'}")
     weights_file: str | None = None
     torchscript = False
     if spec.path is not None:
         if not spec.path.is_file():
             raise UserError(f"weights file not found: {spec.path}")
         torchscript = _is_torchscript(spec.path)
-        # OpenAI checkpoints were trained with QuickGELU; a plain config would load but be wrong.
-        quick = torchscript or spec.arch.endswith("-quickgelu")
         weights_file = str(spec.path)
-    else:
-        tags = open_clip.list_pretrained_tags_by_model(spec.arch)
-        if spec.tag is None and tags:
-            spec = replace(spec, tag=DEFAULT_CLIP_TAG if DEFAULT_CLIP_TAG in tags else tags[0])
-        if spec.tag is not None and spec.tag not in tags and spec.arch in open_clip.list_models():
-            raise UserError(f"{spec.arch} has no pretrained tag {spec.tag!r}; available: {', '.join(tags) or 'none'}")
-        if spec.tag is not None:
-            tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) or {}
-        quick = bool(tag_cfg.get("quick_gelu", False))
-    arch, force = _clip_arch(spec, quick)
+    elif spec.tag is None and tags:
+        spec = replace(spec, tag=_default_tag(tags))
+    plan = _plan_clip_build(spec, arch, suffix, torchscript)
 
     missing: str | None = None
-    if weights_file is None and not tag_cfg:
+    if weights_file is None and spec.tag is None:
         _fall_back_or_raise(MissingWeightsError(
             f"{spec.name} has no pretrained weights in open_clip; pass clip:{spec.arch}=/path/weights"), allow_random)
     elif weights_file is None:
+        tag_cfg = plan.preprocess_cfg
         weights_file = _cached_clip_file(tag_cfg)
         try:
             if weights_file is None:
@@ -280,12 +461,14 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
 
     # TorchScript archives cannot be read with weights_only=True; torch.load hands them to
     # torch.jit.load, which restores tensors and TorchScript code but runs no pickled Python.
-    kwargs: dict[str, Any] = dict(force_quick_gelu=force, weights_only=not torchscript)
-    if tag_cfg:
+    # quick_gelu overrides the config's value (open_clip applies model kwargs last).
+    kwargs: dict[str, Any] = dict(quick_gelu=plan.quick_gelu, weights_only=not torchscript)
+    if plan.preprocess_cfg:
         # preprocessing (mean/std/interpolation) belongs to the tag even when we load the file ourselves
+        cfg = plan.preprocess_cfg
         kwargs.update(
-            image_mean=tag_cfg.get("mean"), image_std=tag_cfg.get("std"),
-            image_interpolation=tag_cfg.get("interpolation"), image_resize_mode=tag_cfg.get("resize_mode"),
+            image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+            image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"),
         )
     try:
         with warnings.catch_warnings():
@@ -298,8 +481,9 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
             raise
         raise UserError(f"{weights_file} does not match {arch}: {str(exc).splitlines()[0]}") from None
     tokenizer = open_clip.get_tokenizer(arch)
-    return LoadedModel(spec, model, preprocess, tokenizer, pretrained=weights_file is not None,
-                       weights_file=weights_file, missing_weights=missing)
+    pretrained = weights_file is not None
+    return LoadedModel(spec, model, preprocess, tokenizer, pretrained=pretrained, weights_file=weights_file,
+                       missing_weights=missing, build=_clip_build_info(plan, model, pretrained))
 
 
 def _missing_clip_weights(spec: ModelSpec, cfg: dict) -> MissingWeightsError:

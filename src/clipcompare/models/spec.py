@@ -4,11 +4,17 @@ Grammar::
 
     resnet50                      torchvision resnet50, default weights (IMAGENET1K_V1)
     resnet50:IMAGENET1K_V2        torchvision weights enum member
-    resnet50=/path/weights.pth    local torchvision state_dict
+    resnet50=/path/weights.pth    local torchvision state_dict (IMAGENET1K_V1's transforms)
+    resnet50:IMAGENET1K_V2=/path  a local file holding those weights: their transforms
     clip:RN50                     open_clip RN50 with the ``openai`` tag (QuickGELU); models
                                   without an openai tag get their first listed tag
     clip:ViT-B-32@laion2b_s34b_b79k
-    clip:RN50=/path/RN50.pt       local OpenAI TorchScript or open_clip .bin/.safetensors
+    clip:RN50=/path/RN50.pt       local OpenAI TorchScript or open_clip .pt/.bin/.safetensors, built
+                                  as ``clip:RN50`` is (activation and preprocessing of its default tag)
+    clip:ViT-B-32@laion2b_s34b_b79k=/path/file
+                                  a local file holding that tag's weights: the tag's activation
+                                  and preprocessing
+    clip:RN50-gelu=/path/file     a local file trained with plain GELU (``-quickgelu``: QuickGELU)
     trained=/path/run/checkpoints/best.pt   a ``clipcompare train`` checkpoint (CLIP-like: zero-shot)
 """
 
@@ -48,13 +54,10 @@ class ModelSpec:
             run = self.path.parent.parent.name if self.path.parent.name == "checkpoints" else self.path.parent.name
             return f"trained={run}/{self.path.name}" if run else f"trained={self.path.name}"
         if self.family == "clip":
-            base = f"clip:{self.arch}"
-            if self.path is not None:
-                return f"{base}={self.path.name}"
-            return f"{base}@{self.tag}" if self.tag else base
-        if self.path is not None:
-            return f"{self.arch}={self.path.name}"
-        return f"{self.arch}:{self.tag}" if self.tag else self.arch
+            base = f"clip:{self.arch}" + (f"@{self.tag}" if self.tag else "")
+        else:
+            base = f"{self.arch}:{self.tag}" if self.tag else self.arch
+        return f"{base}={self.path.name}" if self.path is not None else base
 
     def __str__(self) -> str:
         return self.name
@@ -81,14 +84,13 @@ def parse_spec(text: str) -> ModelSpec:
         if not arch:
             raise UserError(f"model spec {text!r}: missing architecture after 'clip:' (e.g. clip:RN50)")
         _check_name(arch, text)
-        if tag and path is not None:
-            raise UserError(f"model spec {text!r}: give either a pretrained tag (@tag) or a file (=path), not both")
-        # no tag: the loader picks DEFAULT_CLIP_TAG when the model has it, else its first tag
+        if tag:
+            _check_name(tag, text)
+        # a tag with a file says whose weights the file holds (activation, preprocessing); no tag:
+        # the loader picks DEFAULT_CLIP_TAG when the model has it, else its first tag
         return ModelSpec("clip", arch, tag=tag or None, path=path)
     arch, _, tag = raw.partition(":")
     _check_name(arch, text)
-    if tag and path is not None:
-        raise UserError(f"model spec {text!r}: give either weights (:NAME) or a file (=path), not both")
     if tag:
         _check_name(tag, text)
     return ModelSpec("torchvision", arch, tag=(tag or (None if path else DEFAULT_TORCHVISION_WEIGHTS)), path=path)

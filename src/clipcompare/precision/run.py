@@ -135,6 +135,7 @@ class ModelResult:
     classes: int
     results: list[DtypeResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    build: dict[str, Any] | None = None  # LoadedModel.build: activation, logit scale, preprocessing
 
 
 def _first_line(exc: BaseException) -> str:
@@ -362,6 +363,7 @@ def evaluate_model(
     result = ModelResult(
         model=base.name, family=base.spec.family, pretrained=base.pretrained,
         input_size=list(images.shape[1:]), classes=len(classes), notes=notes,
+        build=base.loaded.build.to_dict() if base.loaded.build is not None else None,
     )
     # FP32 runs first: it is the reference the others drift from
     order = ["fp32", *[d for d in config.dtypes if d != "fp32"]]

@@ -1,0 +1,80 @@
+"""A :class:`Report` to one self-contained HTML file, or to Markdown with its images beside it (Jinja2)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+from clipcompare.fileio import atomic_write_bytes
+from clipcompare.report.blocks import Figure, Gallery, Report, Tile
+
+
+def _environment(autoescape: bool) -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("clipcompare.report", "templates"),
+        autoescape=autoescape, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+    )
+    env.filters["md_cell"] = _md_cell
+    return env
+
+
+def _md_cell(text: Any) -> str:
+    """Table cell text safe inside a Markdown pipe table."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
+
+
+def data_uri(obj: Figure | Tile) -> str:
+    """``data:`` URI of a figure's PNG or a tile's JPEG: nothing for the browser to fetch."""
+    if isinstance(obj, Figure):
+        return "data:image/png;base64," + base64.b64encode(obj.png).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(obj.jpeg or b"").decode("ascii")
+
+
+def render_html(report: Report) -> str:
+    return _environment(True).get_template("report.html.j2").render(report=report, src=data_uri)
+
+
+def write_html(report: Report, path: Path) -> Path:
+    """One HTML file, every image embedded; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, render_html(report).encode("utf-8"))
+    return path
+
+
+def write_markdown(report: Report, path: Path) -> Path:
+    """``path`` (report.md) plus its PNG figures and JPEG thumbnails in ``<stem>_files/`` beside it."""
+    path = Path(path)
+    assets = path.parent / f"{path.stem}_files"
+    assets.mkdir(parents=True, exist_ok=True)
+    names: dict[int, str] = {}
+    for s, section in enumerate(report.sections, 1):
+        for b, block in enumerate(section.blocks, 1):
+            stem = f"s{s}-{b:02d}-{_slug(block.title if hasattr(block, 'title') else '')}"
+            if isinstance(block, Figure):
+                names[id(block)] = _write_asset(assets / f"{stem}.png", block.png)
+            elif isinstance(block, Gallery):
+                for t, tile in enumerate(block.tiles, 1):
+                    if tile.jpeg is not None:
+                        names[id(tile)] = _write_asset(assets / f"{stem}-{t:02d}.jpg", tile.jpeg)
+    prefix = assets.name
+
+    def src(obj: Figure | Tile) -> str:
+        return f"{prefix}/{names[id(obj)]}"
+
+    text = _environment(False).get_template("report.md.j2").render(report=report, src=src)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+def _write_asset(path: Path, data: bytes) -> str:
+    atomic_write_bytes(path, data)
+    return path.name

@@ -1,0 +1,1 @@
+"""One module per run kind (evaluate, precision, train): ``build(run_dir, options) -> Section``."""

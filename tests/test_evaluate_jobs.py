@@ -1,0 +1,218 @@
+"""evaluate as a job: the run-directory lock, kills at the worst moments, --precision, torchrun sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipcompare import evaluate as ev
+from clipcompare.cli import main
+from clipcompare.evaluate import EvaluateOptions, evaluate
+from clipcompare.metrics import top_column
+from clipcompare.rundir import LOCK_NAME, RunLock
+from helpers import make_image_folder
+
+RESNET = "resnet18"
+CLIP = "clip:tiny-RN-quickgelu"
+WNIDS = ["n01440764", "n01443537", "n02102040"]
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def options(out: Path, **kw) -> EvaluateOptions:
+    base = dict(out=out, workers=0, templates="single", allow_random=True, progress=False, device="cpu")
+    base.update(kw)
+    return EvaluateOptions(**base)
+
+
+def cli_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["evaluate", "-m", CLIP, "-d", f"imagenet={data}", "--out", str(out), "--allow-random", "--templates",
+            "single", "--workers", "0", "--no-progress", "--device", "cpu", "--batch-size", "4", *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+def run_files(out: Path) -> dict[str, object]:
+    """Everything in a run directory except run.json's times: file names, predictions, metrics, skips."""
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    preds = {p.name: pd.read_parquet(p) for p in (out / "predictions").glob("*.parquet")}
+    return {"names": names, "preds": preds, "metrics": json.loads((out / "metrics.json").read_text()),
+            "status": json.loads((out / "run.json").read_text())["status"]}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    fa, fb = run_files(a), run_files(b)
+    assert fa["names"] == fb["names"] and fa["metrics"] == fb["metrics"] and fa["status"] == fb["status"] == "complete"
+    assert fa["preds"].keys() == fb["preds"].keys()
+    for name in fa["preds"]:
+        pd.testing.assert_frame_equal(fa["preds"][name], fb["preds"][name])
+
+
+def test_a_live_lock_refuses_with_one_line_and_a_stale_one_is_taken_over(tmp_path, capsys, caplog):
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=2)
+    out = tmp_path / "run"
+    with RunLock(out, "clipcompare evaluate"):  # a live owner: this process, through another open file
+        assert main(cli_args(data, out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"pid {os.getpid()}" in err and "in use" in err
+        assert not (out / "run.json").exists()  # nothing was written
+    assert not (out / LOCK_NAME).exists()
+
+    # a lock left by a process killed with -9: its file is there, nobody holds it
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": "here", "since": "then"}) + "\n")
+    assert main(cli_args(data, out)) == 0
+    assert f"pid {dead.pid}" in caplog.text and "no longer running" in caplog.text
+    assert not (out / LOCK_NAME).exists() and (out / "metrics.json").is_file()
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from clipcompare import fileio, rundir
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    where = sys.argv[1]
+    if where == "merge":  # the merged Parquet is written, its parts not yet removed
+        rundir.remove_parts = lambda parts: die()
+    elif where == "merge-half":  # some parts removed, then killed
+        def remove_one(parts):
+            sorted(Path(parts).iterdir())[0].unlink()
+            die()
+        rundir.remove_parts = remove_one
+    elif where == "metrics":  # half of metrics.json in its temp file
+        original = rundir.atomic_write_bytes
+        def torn(path, data):
+            if Path(path).name == "metrics.json":
+                with fileio.atomic_path(Path(path)) as tmp:
+                    tmp.write_bytes(data[: len(data) // 2])
+                    die()
+            original(path, data)
+        rundir.atomic_write_bytes = torn
+    from clipcompare.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    """A folder (with one unreadable file) and the run an uninterrupted evaluate makes of it."""
+    root = tmp_path_factory.mktemp("kill")
+    data = make_image_folder(root / "d", WNIDS, per_class=3)
+    (data / WNIDS[0] / "broken.jpg").write_bytes(b"not an image")
+    # chunk size 2: several part files, so "merge-half" leaves some behind
+    assert main(cli_args(data, root / "ref", "--chunk-size", "2")) == 0
+    return data, root / "ref"
+
+
+@pytest.mark.parametrize("where", ["merge", "merge-half", "metrics"])
+def test_sigkill_during_merge_or_metrics_write_then_resume(tmp_path, where, uninterrupted):
+    data, ref = uninterrupted
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLER, where, *cli_args(data, out, "--chunk-size", "2")],
+                          env=env(), capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert (out / LOCK_NAME).exists() and not (out / "metrics.json").exists()
+    if where.startswith("merge"):
+        assert (out / "predictions" / "imagenet.parquet").is_file()
+        assert any((out / "predictions" / "imagenet.parts").iterdir())
+    else:
+        assert (out / ".metrics.json.tmp").is_file()
+    assert main(cli_args(data, out, "--chunk-size", "2")) == 0  # the same command continues (stale lock)
+    assert_same_run(ref, out)
+
+
+def test_precision_is_recorded_binds_the_run_and_warns_when_emulated(tmp_path, monkeypatch, caplog, capsys):
+    data = make_image_folder(tmp_path / "d", WNIDS, per_class=3)
+    fp32 = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(tmp_path / "fp32"))
+    bf16 = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(tmp_path / "bf16", precision="bf16"))
+    run = json.loads((tmp_path / "bf16" / "run.json").read_text())
+    assert run["options"]["precision"] == "bf16" and run["settings"]["precision"] == "bf16"
+    assert "precision" not in json.loads((tmp_path / "fp32" / "run.json").read_text())["settings"]
+    a = pd.read_parquet(tmp_path / "fp32" / "predictions" / "imagenet.parquet")
+    b = pd.read_parquet(tmp_path / "bf16" / "predictions" / "imagenet.parquet")
+    for name in fp32.models:  # the same images, other numbers: bf16 keeps ~3 significant digits
+        pa_, pb = np.stack(a[f"prob5[{name}]"]), np.stack(b[f"prob5[{name}]"])
+        assert not np.array_equal(pa_, pb) and np.abs(pa_ - pb).max() < 0.05
+    assert bf16.options["precision"] == "bf16"
+
+    # resuming with another precision would mix two sets of numbers in one file
+    assert main(cli_args(data, tmp_path / "bf16", "-m", RESNET, "--precision", "fp16")) == 2
+    assert "precision" in capsys.readouterr().err
+
+    # a CPU without native fp16: evaluate says so in the log, run.json and the summary
+    monkeypatch.setattr("clipcompare.precision.support.cpu_flags", lambda: frozenset({"avx2"}))
+    assert main(cli_args(data, tmp_path / "fp16", "--precision", "fp16")) == 0
+    text = capsys.readouterr().out
+    assert "precision fp16" in text and "emulated" in text and "emulated" in caplog.text
+    assert "emulated" in json.loads((tmp_path / "fp16" / "run.json").read_text())["options"]["precision_note"]
+    assert main(["classify", str(next((data / WNIDS[0]).iterdir())), "-m", CLIP, "--allow-random", "--labels",
+                 "tench,goldfish", "--templates", "single", "--precision", "bf16"]) == 0
+    assert "precision: bf16" in capsys.readouterr().out
+
+
+def test_torchrun_two_ranks_resume_a_one_process_run(tmp_path, monkeypatch):
+    """Half a run by one process, finished by 2 torchrun ranks (gloo): identical to one process throughout."""
+    data = make_image_folder(tmp_path / "d", WNIDS, per_class=5, size=(48, 40))
+    (data / WNIDS[1] / "broken.jpg").write_bytes(b"not an image")
+    full = evaluate([CLIP], [f"imagenet={data}"], options(tmp_path / "full", batch_size=4, chunk_size=4))
+
+    calls = []
+    original = ev.write_part
+
+    def interrupt_after_first_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(ev, "write_part", interrupt_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([CLIP], [f"imagenet={data}"], options(out, batch_size=4, chunk_size=4))
+    monkeypatch.setattr(ev, "write_part", original)
+
+    args = cli_args(data, out, "--chunk-size", "4")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "clipcompare", *args]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, timeout=120, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results in") == 1  # only rank 0 prints the summary
+    got = pd.read_parquet(out / "predictions" / "imagenet.parquet")
+    pd.testing.assert_frame_equal(got, pd.read_parquet(full.out / "predictions" / "imagenet.parquet"))
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(full.metrics))
+    assert [json.loads(x)["path"] for x in (out / "skipped.jsonl").read_text().splitlines()] == [
+        f"{WNIDS[1]}/broken.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions", "run.json", "skipped.jsonl"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["world_size"] == 2 and run["throughput"]["imagenet"]["ranks"] == 2
+    # 16 files: the first chunk (4) and broken.jpg (in the second batch) were stored before the interrupt
+    assert run["throughput"]["imagenet"]["images"] == 16 - 4 - 1
+    assert top_column(CLIP) in got.columns
+
+
+def test_distributed_helpers_without_torchrun_are_a_one_process_group(monkeypatch):
+    import torch
+
+    from clipcompare import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = distributed.init_distributed("cpu")
+    assert (info.rank, info.world_size, info.local_rank, info.device) == (0, 1, 0, torch.device("cpu"))
+    assert info.is_main and not info.distributed and distributed.is_main() and not distributed.is_initialized()
+    distributed.barrier()
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1} and distributed.gather_objects(3) == [3]
+    distributed.cleanup()
