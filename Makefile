@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate_speed.py
 	$(BIN)/python benchmarks/precision_latency.py
+	$(BIN)/python benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

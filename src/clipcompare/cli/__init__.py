@@ -16,7 +16,9 @@ from clipcompare import __version__
 from clipcompare.errors import UserError
 
 # subcommand modules, in the order `--help` lists them (the pipeline's order)
-COMMANDS: tuple[str, ...] = ("inspect", "synsets", "classify", "evaluate", "retrieval", "precision", "report", "demo")
+COMMANDS: tuple[str, ...] = (
+    "inspect", "synsets", "classify", "evaluate", "retrieval", "precision", "train", "report", "demo",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):

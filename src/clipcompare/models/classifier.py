@@ -222,7 +222,7 @@ def create_classifier(
 
 
 def wrap_loaded(loaded: LoadedModel, *, templates: str = "openai", cache_dir: Path | None = None) -> Classifier:
-    """The :class:`Classifier` for an already loaded model (CLIP → zero-shot, else supervised)."""
-    if loaded.spec.family == "clip":
+    """The :class:`Classifier` for an already loaded model (CLIP or trained checkpoint → zero-shot, else supervised)."""
+    if loaded.spec.family in ("clip", "trained"):
         return ClipClassifier(loaded, templates=templates, cache_dir=cache_dir)
     return SupervisedClassifier(loaded)

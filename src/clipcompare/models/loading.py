@@ -132,12 +132,23 @@ def register_tiny_configs() -> None:
 
 def load_model(spec: ModelSpec, *, allow_random: bool = False, device: str | torch.device = "cpu") -> LoadedModel:
     """Load either family; the single entry point the rest of the package uses."""
-    loader = load_clip if spec.family == "clip" else load_torchvision
+    loader = {"clip": load_clip, "trained": load_trained_checkpoint}.get(spec.family, load_torchvision)
     loaded = loader(spec, allow_random=allow_random)
     loaded.model.eval().to(device)
     if loaded.build is not None:
         log.info("%s: %s", loaded.spec.name, loaded.build.describe())
     return loaded
+
+
+def load_trained_checkpoint(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
+    """A ``clipcompare train`` checkpoint: open_clip's interface, its own resize + CLIP normalisation,
+    the text model's tokenizer. Holds its weights, so nothing is downloaded (``allow_random`` unused)."""
+    from clipcompare.train.model import Preprocess, load_trained
+
+    assert spec.path is not None
+    model = load_trained(spec.path)
+    return LoadedModel(spec, model, Preprocess(model.config.image_size), model.tokenizer, pretrained=True,
+                       weights_file=str(spec.path))
 
 
 # --------------------------------------------------------------------------- torchvision

@@ -15,6 +15,7 @@ Grammar::
                                   a local file holding that tag's weights: the tag's activation
                                   and preprocessing
     clip:RN50-gelu=/path/file     a local file trained with plain GELU (``-quickgelu``: QuickGELU)
+    trained=/path/run/checkpoints/best.pt   a ``clipcompare train`` checkpoint (CLIP-like: zero-shot)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Literal
 
 from clipcompare.errors import UserError
 
-Family = Literal["torchvision", "clip"]
+Family = Literal["torchvision", "clip", "trained"]
 
 DEFAULT_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
 # the comparison this tool is about: every command defaults to it
@@ -48,6 +49,10 @@ class ModelSpec:
     @property
     def name(self) -> str:
         """Canonical display name, e.g. ``resnet50:IMAGENET1K_V1`` or ``clip:RN50@openai``."""
+        if self.family == "trained" and self.path is not None:
+            # the run directory names a checkpoint better than "best.pt" alone
+            run = self.path.parent.parent.name if self.path.parent.name == "checkpoints" else self.path.parent.name
+            return f"trained={run}/{self.path.name}" if run else f"trained={self.path.name}"
         if self.family == "clip":
             base = f"clip:{self.arch}" + (f"@{self.tag}" if self.tag else "")
         else:
@@ -69,6 +74,10 @@ def parse_spec(text: str) -> ModelSpec:
         if not file:
             raise UserError(f"model spec {text!r}: nothing after '='; expected a weights file path")
         path = Path(file).expanduser()
+    if raw == "trained":
+        if path is None:
+            raise UserError(f"model spec {text!r}: expected trained=PATH to a clipcompare train checkpoint")
+        return ModelSpec("trained", "trained", path=path)
     if raw.startswith("clip:"):
         body = raw[len("clip:"):]
         arch, _, tag = body.partition("@")
