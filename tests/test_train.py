@@ -242,6 +242,13 @@ def test_bad_inputs_exit_2_with_one_line(coco, tmp_path, capsys):
     assert "--embed-dim" in error("train", "--coco", str(coco), "--train-size", "20", "--val-size", "10",
                                   "--out", str(tmp_path / "r4"), "--image-model", "resnet18",
                                   "--text-model", "clip:tiny-ViT", "--embed-dim", "512", "--allow-random")
+    from clipcompare.rundir import RunLock
+
+    with RunLock(tmp_path / "busy", "clipcompare train"):  # a live job owns this run directory
+        assert "in use by clipcompare train" in error("train", "--coco", str(coco), "--train-size", "20",
+                                                      "--val-size", "10", "--out", str(tmp_path / "busy"),
+                                                      "--allow-random", "--image-model", "resnet18",
+                                                      "--text-model", "clip:tiny-ViT")
     assert "checkpoint not found" in error("inspect", "-m", "trained=" + str(tmp_path / "missing.pt"))
     assert "trained=PATH" in error("inspect", "-m", "trained")
 

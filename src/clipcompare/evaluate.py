@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +54,7 @@ from clipcompare.metrics import (
 from clipcompare.models.classifier import Classifier, create_classifier
 from clipcompare.models.spec import ModelSpec, parse_spec
 from clipcompare.precision.support import DTYPES, dtype_support, parse_dtype
-from clipcompare.rundir import RunLock, RunStore, SkipLog
+from clipcompare.rundir import RunLock, RunStore, SkipLog, now_iso, versions
 from clipcompare.runtime import steady_heap
 
 log = logging.getLogger(__name__)
@@ -109,7 +107,7 @@ def evaluate(
 
     Under torchrun every rank calls this with the same arguments (see the module docstring).
     """
-    started = _now()
+    started = now_iso()
     data = load_datasets(datasets, options.limit_per_class)  # dataset errors before any model loads
     specs = [parse_spec(m) if isinstance(m, str) else m for m in models]
     if not specs:
@@ -184,7 +182,7 @@ def evaluate(
             metrics = compute_metrics(store, data, classifiers, skips, notes)
             store.write_json("metrics.json", metrics)
             # images/s of this invocation's prediction loops (decode + preprocess + forward + writes)
-            info.update(end_time=_now(), status="complete", throughput=throughput)
+            info.update(end_time=now_iso(), status="complete", throughput=throughput)
             store.write_json("run.json", info)
         metrics = distributed.broadcast_object(metrics)
     finally:
@@ -653,24 +651,9 @@ def _run_info(
         ],
         "options": {"batch_size": options.batch_size, "workers": options.workers, "device": str(device),
                     "channels_last": options.channels_last, "templates": options.templates},
-        "versions": _versions(),
+        "versions": versions(),
         "start_time": (previous or {}).get("start_time", started),
         "resumed_at": (previous or {}).get("resumed_at", []) + ([started] if previous else []),
         "end_time": None,
         "status": "running",
     }
-
-
-def _versions() -> dict[str, str]:
-    import open_clip
-    import PIL
-    import torchvision
-
-    from clipcompare import __version__
-
-    return {"clipcompare": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "open_clip": open_clip.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -197,20 +197,21 @@ def check_retrieval_specs(specs: Sequence[ModelSpec]) -> None:
 def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
                   options: RetrievalOptions) -> dict[str, Any]:
     """Evaluate every model on split ``on``; the document written to retrieval.json (and returned)."""
-    from clipcompare.evaluate import _now, _versions, resolve_device
+    from clipcompare.evaluate import resolve_device
     from clipcompare.fileio import atomic_write_bytes
     from clipcompare.models.hashing import weights_fingerprint
     from clipcompare.models.loading import load_model
+    from clipcompare.rundir import now_iso, versions
 
     check_retrieval_specs(specs)
     images = splits[on]
     device = resolve_device(options.device)
     doc: dict[str, Any] = {
-        "command": list(options.command), "start_time": _now(), "evaluated_on": on, "split": splits.description,
+        "command": list(options.command), "start_time": now_iso(), "evaluated_on": on, "split": splits.description,
         "settings": {"batch_size": options.batch_size, "ks": list(options.ks), "device": str(device)},
         "definition": "CLIP_benchmark zeroshot_retrieval: text_retrieval = image→text (hit when any of the "
                       "image's captions is in its top K), image_retrieval = text→image",
-        "versions": _versions(), "results": [],
+        "versions": versions(), "results": [],
     }
     if options.out is not None:
         options.out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +231,7 @@ def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
         del loaded, model
         if options.out is not None:  # after every model, so an interruption keeps what is done
             atomic_write_bytes(options.out / "retrieval.json", json.dumps(doc, indent=2).encode())
-    doc["end_time"] = _now()
+    doc["end_time"] = now_iso()
     if options.out is not None:
         atomic_write_bytes(options.out / "retrieval.json", json.dumps(doc, indent=2).encode())
     return doc

@@ -35,6 +35,28 @@ _PART = re.compile(r"^part-(?:r(\d+)-)?(\d{5,})\.parquet$")
 LOCK_NAME = ".clipcompare.lock"
 
 
+def now_iso() -> str:
+    """UTC now as run.json stores it (seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    """The library versions a run's numbers depend on, for run.json / retrieval.json."""
+    import platform
+
+    import numpy
+    import open_clip
+    import PIL
+    import torch
+    import torchvision
+
+    from clipcompare import __version__
+
+    return {"clipcompare": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "open_clip": open_clip.__version__, "pillow": PIL.__version__,
+            "numpy": numpy.__version__}
+
+
 class RunLock:
     """An exclusive lock on a run directory, held while one process writes it.
 
@@ -78,7 +100,7 @@ class RunLock:
             log.warning("taking over the lock on %s left by %s, which is no longer running", self.root,
                         _owner_of(stale))
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "since": now_iso()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd

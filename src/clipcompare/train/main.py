@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 
 from clipcompare.errors import UserError
 from clipcompare.fileio import atomic_write_bytes
+from clipcompare.rundir import LOCK_NAME, RunLock, now_iso, versions
 from clipcompare.train import distributed as D
 from clipcompare.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clipcompare.train.config import TrainConfig, difference
@@ -51,20 +50,6 @@ RECALL_KEYS = tuple(f"{d}_retrieval_recall@{k}" for d in ("text", "image") for k
 Announce = Callable[[str], None]
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def versions() -> dict[str, str]:
-    import open_clip
-    import torchvision
-
-    from clipcompare import __version__
-
-    return {"clipcompare": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__}
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -80,7 +65,7 @@ def check_run_dir(config: TrainConfig) -> dict[str, Any] | None:
     if not run_json.is_file():
         if config.resume:
             raise UserError(f"--resume: {out} holds no run to resume (no run.json)")
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):  # our own lock is not a run
             raise UserError(f"--out {out} is not empty and holds no run; choose a new directory")
         return None
     if not config.resume:
@@ -198,9 +183,15 @@ def train(config: TrainConfig, *, command: Sequence[str] | None = None, announce
     ``progress`` shows a progress bar per epoch.
     """
     dist = D.init_distributed(config.device)
+    # one job writes a run directory at a time: the main process holds its lock for the whole job
+    lock = RunLock(config.out_dir, "clipcompare train") if dist.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
         return _train(config, dist, list(command or sys.argv), announce, progress)
     finally:
+        if lock is not None:
+            lock.release()
         D.cleanup()
 
 
@@ -246,12 +237,12 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
         "kind": "train", "command": command, "settings": config.as_dict(), "split": splits.description,
         "versions": versions(), "counts": {"trainable": counts["trainable"], "frozen": counts["frozen"],
                                            "detail": counts},
-        "random_weights": built.random_weights, "started": _now(), "finished": None,
+        "random_weights": built.random_weights, "started": now_iso(), "finished": None,
         "device": str(device), "world_size": dist.world_size,
     }
     if stored is not None:
         run_info["started"] = stored.get("started")
-        run_info["resumed"] = [*stored.get("resumed", []), _now()]
+        run_info["resumed"] = [*stored.get("resumed", []), now_iso()]
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "run.json", run_info)
@@ -366,7 +357,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
         _write_json(out / "retrieval.json", retrieval)
         _write_json(out / "retrieval_examples.json", _examples(data, positions, emb, config.seed))
         failed = {"train": len(data.train.failed), "val": len(data.val.failed)}
-        run_info.update(finished=_now(), skipped_images=failed)
+        run_info.update(finished=now_iso(), skipped_images=failed)
         _write_json(out / "run.json", run_info)
         summary.update(retrieval=retrieval, skipped_images=failed)
     return summary
