@@ -3,6 +3,7 @@ normalisation once per batch, bitwise equal to each model's own transform applie
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import open_clip
 import pytest
@@ -94,15 +95,42 @@ def test_evaluate_pipeline_feeds_each_model_what_its_transform_gives(tmp_path):
     (ds,) = load_datasets([f"imagenet={data}"])
     torch.manual_seed(0)
     clfs = [create_classifier(m, allow_random=True, templates="single") for m in ("resnet18", "clip:tiny-RN-quickgelu")]
-    whole = T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor(), T.RandomHorizontalFlip(p=0.0)])
-    clfs[1].preprocess = whole  # an unknown step: no split, the transform runs per image
     opts = EvaluateOptions(out=tmp_path / "out", batch_size=4, device="cpu")
     pending = np.arange(len(ds), dtype=np.int64)
+    from clipcompare.data.decode import DecodeAhead
+
+    # both transforms split: the next batch is decoded in a thread (with workers, by the DataLoader)
+    assert isinstance(input_pipeline(ds, pending, clfs, opts, torch.device("cpu")).loader, DecodeAhead)
+    with_workers = input_pipeline(ds, pending, clfs, dataclasses.replace(opts, workers=1), torch.device("cpu"))
+    assert isinstance(with_workers.loader, torch.utils.data.DataLoader)
+    whole = T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor(), T.RandomHorizontalFlip(p=0.0)])
+    clfs[1].preprocess = whole  # an unknown step: no split, the transform runs per image
     formats = [torch.channels_last, torch.contiguous_format]
-    batches = list(input_pipeline(ds, pending, clfs, opts, torch.device("cpu"), formats))
+    pipeline = input_pipeline(ds, pending, clfs, opts, torch.device("cpu"), formats)
+    assert isinstance(pipeline.loader, torch.utils.data.DataLoader)  # a whole transform: no decode thread
+    batches = list(pipeline)
     assert sum(len(b.positions) for b in batches) == len(ds) == 6
     for b in batches:
         for clf, s, fmt in zip(clfs, [0, 1], formats):
             imgs = [Image.open(data / ds.samples[int(pending[p])].path).convert("RGB") for p in b.positions]
             reference = torch.stack([clf.preprocess(img) for img in imgs])
             assert b.tensors[s].is_contiguous(memory_format=fmt) and torch.equal(b.tensors[s], reference)
+
+
+def test_decode_ahead_gives_the_dataloaders_batches(tmp_path):
+    """The background-thread batching (CPU, no workers): same positions, tensors and failures, in order."""
+    from clipcompare.data.decode import DecodeAhead
+
+    paths = [make_image(tmp_path / f"{i}.jpg", size=SIZES[i % 3], seed=i).name for i in range(7)]
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths.insert(4, "bad.jpg")
+    split = split_preprocess(_transforms()["open_clip RN50"])
+    images = DecodedImages(tmp_path, paths, [split])
+    ahead = list(DecodeAhead(images, 3))
+    loader = list(torch.utils.data.DataLoader(images, batch_size=3, collate_fn=collate))
+    assert len(ahead) == len(loader) == 3
+    for a, b in zip(ahead, loader):
+        assert a.positions.tolist() == b.positions.tolist() and a.failures == b.failures
+        assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors))
+    assert [p for b in ahead for p, _ in b.failures] == [4]
+    assert list(DecodeAhead(DecodedImages(tmp_path, [], [split]), 3)) == []

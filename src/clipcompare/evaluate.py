@@ -44,7 +44,7 @@ import torch
 
 from clipcompare import distributed
 from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
-from clipcompare.data.decode import Batch, DecodedImages, collate
+from clipcompare.data.decode import Batch, DecodeAhead, DecodedImages, collate
 from clipcompare.distributed import DistInfo
 from clipcompare.errors import UserError
 from clipcompare.metrics import (
@@ -354,8 +354,11 @@ def _throughput(per_rank: Sequence[tuple[int, float, dict[str, Any]]]) -> dict[s
 
 def make_loader(
     ds: ImageDataset, pending: np.ndarray, transforms: Sequence[Any], options: EvaluateOptions, device: torch.device
-) -> torch.utils.data.DataLoader:
+) -> Iterable[Any]:
     """Decode + preprocess in ``options.workers`` processes (in this process when 0), in dataset order.
+
+    On CPU with no workers, when every transform is a ``SplitPreprocess``, a background thread
+    decodes the next batch (``decode.DecodeAhead``) while the current one runs.
 
     With ``options.decode == "gpu"`` the workers only read the files (``gpu_decode.EncodedImages``).
     """
@@ -367,7 +370,14 @@ def make_loader(
         collate_fn: Callable[..., Any] = collate_raw
     else:
         images, collate_fn = DecodedImages(ds.root, paths, transforms), collate
+    from clipcompare.data.tensor_preprocess import SplitPreprocess
+
     workers = max(0, options.workers)
+    if options.decode == "cpu" and workers == 0 and device.type == "cpu" and all(
+            isinstance(t, SplitPreprocess) for t in transforms):
+        # decoding the next batch in a thread while this one runs the forward (measured in the commit
+        # that added it: faster on the shared 2-core machine, where DataLoader workers were slower)
+        return DecodeAhead(images, options.batch_size)  # type: ignore[arg-type]
     return torch.utils.data.DataLoader(
         images, batch_size=options.batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -428,7 +438,7 @@ class InputPipeline:
     transform share a tensor); ``decoder`` counts the decode paths with ``--decode gpu``.
     """
 
-    loader: torch.utils.data.DataLoader
+    loader: Iterable[Any]
     prepare: Callable[[Any], Batch]
     device: torch.device
     slot: list[int]
