@@ -4,6 +4,7 @@ normalisation once per batch, bitwise equal to each model's own transform applie
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import open_clip
 import pytest
@@ -43,7 +44,7 @@ def images() -> list[Image.Image]:
     """Generated photos-like images and pure noise, in the sizes above (JPEG round trip for some)."""
     rng = np.random.default_rng(0)
     out = []
-    for k, size in enumerate(SIZES):
+    for size in SIZES:
         out.append(synthetic_image(rng, size))
         out.append(Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)))
     return out
