@@ -42,7 +42,7 @@ import torch
 
 from clipcompare import distributed
 from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
-from clipcompare.data.decode import Batch, DecodedImages, collate
+from clipcompare.data.decode import Batch, DecodeAhead, DecodedImages, collate
 from clipcompare.distributed import DistInfo
 from clipcompare.errors import UserError
 from clipcompare.metrics import (
@@ -352,8 +352,11 @@ def _throughput(per_rank: Sequence[tuple[int, float, dict[str, Any]]]) -> dict[s
 
 def make_loader(
     ds: ImageDataset, pending: np.ndarray, transforms: Sequence[Any], options: EvaluateOptions, device: torch.device
-) -> torch.utils.data.DataLoader:
+) -> Iterable[Any]:
     """Decode + preprocess in ``options.workers`` processes (in this process when 0), in dataset order.
+
+    On CPU with no workers, when every transform is a ``SplitPreprocess``, a background thread
+    decodes the next batch (``decode.DecodeAhead``) while the current one runs.
 
     With ``options.decode == "gpu"`` the workers only read the files (``gpu_decode.EncodedImages``).
     """
@@ -365,7 +368,14 @@ def make_loader(
         collate_fn: Callable[..., Any] = collate_raw
     else:
         images, collate_fn = DecodedImages(ds.root, paths, transforms), collate
+    from clipcompare.data.tensor_preprocess import SplitPreprocess
+
     workers = max(0, options.workers)
+    if options.decode == "cpu" and workers == 0 and device.type == "cpu" and all(
+            isinstance(t, SplitPreprocess) for t in transforms):
+        # decoding the next batch in a thread while this one runs the forward (measured in the commit
+        # that added it: faster on the shared 2-core machine, where DataLoader workers were slower)
+        return DecodeAhead(images, options.batch_size)  # type: ignore[arg-type]
     return torch.utils.data.DataLoader(
         images, batch_size=options.batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -400,9 +410,20 @@ def prefetch(batches: Iterable[Any], prepare: Callable[[Any], Batch], device: to
         yield cur
 
 
-def _to_device(device: torch.device) -> Callable[[Batch], Batch]:
+def _to_device(
+    device: torch.device, splits: Sequence[Any] = (), layouts: Sequence[torch.memory_format] = ()
+) -> Callable[[Batch], Batch]:
+    """The hand-over of a collated batch: to ``device``, and for each slot with a
+    ``SplitPreprocess`` (``splits[k]``, else None) its batched ``/255`` + normalise, laid out as
+    ``layouts[k]`` (the memory format of the model it feeds, so no copy follows)."""
     def move(batch: Batch) -> Batch:
-        return Batch(batch.positions, tuple(t.to(device, non_blocking=True) for t in batch.tensors), batch.failures)
+        tensors = []
+        for k, t in enumerate(batch.tensors):
+            t = t.to(device, non_blocking=True)
+            if k < len(splits) and splits[k] is not None:
+                t = splits[k].finish(t, layouts[k] if k < len(layouts) else torch.contiguous_format)
+            tensors.append(t)
+        return Batch(batch.positions, tuple(tensors), batch.failures)
 
     return move
 
@@ -415,7 +436,7 @@ class InputPipeline:
     transform share a tensor); ``decoder`` counts the decode paths with ``--decode gpu``.
     """
 
-    loader: torch.utils.data.DataLoader
+    loader: Iterable[Any]
     prepare: Callable[[Any], Batch]
     device: torch.device
     slot: list[int]
@@ -432,13 +453,27 @@ class InputPipeline:
 
 def input_pipeline(
     ds: ImageDataset, pending: np.ndarray, classifiers: Sequence[Classifier], options: EvaluateOptions,
-    device: torch.device,
+    device: torch.device, formats: Sequence[torch.memory_format] | None = None,
 ) -> InputPipeline:
-    """Loader + hand-over to the device for ``options.decode`` (one decode per image for all models)."""
+    """Loader + hand-over to the device for ``options.decode`` (one decode per image for all models).
+
+    With ``--decode cpu`` each transform that :func:`split_preprocess` can split runs its PIL part
+    per image (to uint8) and its ``/255`` + normalise once per batch on the device, bitwise equal
+    to the whole transform per image; the others run whole, per image. ``formats``: each
+    model's memory format, in which its batch is then laid out.
+    """
     transforms, slot = _distinct_transforms(classifiers)
-    loader = make_loader(ds, pending, transforms, options, device)
     if options.decode != "gpu":
-        return InputPipeline(loader, _to_device(device), device, slot)
+        from clipcompare.data.tensor_preprocess import split_preprocess
+
+        splits = [split_preprocess(t) for t in transforms]
+        per_image = [t if sp is None else sp for t, sp in zip(transforms, splits)]
+        layouts = [torch.contiguous_format] * len(transforms)
+        for s, fmt in reversed(list(zip(slot, formats or []))):  # a shared slot: its first model's format
+            layouts[s] = fmt
+        loader = make_loader(ds, pending, per_image, options, device)
+        return InputPipeline(loader, _to_device(device, splits, layouts), device, slot)
+    loader = make_loader(ds, pending, transforms, options, device)
     from clipcompare.data.gpu_decode import DeviceDecoder
 
     decoder = DeviceDecoder(ds.root, [ds.samples[i].path for i in pending], transforms,
@@ -456,7 +491,7 @@ def _predict(
     k = min(TOP_K, len(ds.classes))
     writer = ChunkWriter(store, ds, [c.name for c in classifiers], pending, options,
                          rank=dist.rank if dist.distributed else None)
-    batches = input_pipeline(ds, pending, classifiers, options, device)
+    batches = input_pipeline(ds, pending, classifiers, options, device, formats)
     total = len(pending) if dist.distributed else len(ds)  # a rank's bar counts its own shard
     bar = tqdm(total=total, initial=total - len(pending), desc=ds.name, unit="img", file=sys.stderr,
                disable=not (options.progress and dist.is_main), dynamic_ncols=True, mininterval=0.5)

@@ -15,7 +15,7 @@ those loaders do). The one exception is 16-bit greyscale, which PIL's convert cl
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +110,37 @@ def collate(items: Sequence[Item]) -> Batch:
     n = len(good[0][1]) if good else 0
     tensors = tuple(torch.stack([it[1][k] for it in good]) for k in range(n))  # type: ignore[index]
     return Batch(positions, tensors, failures)
+
+
+class DecodeAhead:
+    """``DecodedImages`` in batches of ``batch_size``, in order, collated: iterate it. While the caller
+    works on one batch, a background thread decodes and transforms the next one's images (PIL's
+    decode and resize release the GIL), so on CPU the decoding overlaps the forward passes
+    instead of adding to them. Only for transforms that run no torch ops per image (a
+    ``SplitPreprocess``): a torch op in a second thread would start a second intra-op thread pool.
+    """
+
+    def __init__(self, images: DecodedImages, batch_size: int) -> None:
+        self.images = images
+        self.batch_size = max(1, batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def _items(self, k: int) -> list[Item]:
+        start = k * self.batch_size
+        return [self.images[i] for i in range(start, min(start + self.batch_size, len(self.images)))]
+
+    def __iter__(self) -> Iterator[Batch]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(self)
+        if not n:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="clipcompare-decode") as pool:
+            ahead = pool.submit(self._items, 0)
+            for k in range(n):
+                items = ahead.result()
+                if k + 1 < n:
+                    ahead = pool.submit(self._items, k + 1)
+                yield collate(items)  # here, not in the thread: torch.stack is a torch op

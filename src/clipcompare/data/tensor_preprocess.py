@@ -138,3 +138,61 @@ def tensor_preprocess(transform: Any) -> TensorPreprocess:
     if fields["mean"] is None:  # no Normalize: identity mean/std
         fields.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     return TensorPreprocess(**fields)
+
+
+class SplitPreprocess:
+    """A model's PIL transform cut in two, with output bitwise equal to the transform per image.
+
+    Called on a PIL image it runs the transform's geometric steps in PIL (the same
+    ``torchvision.transforms.functional`` resize and crop the transform calls) and stops at uint8
+    ``[H, W, 3]``; :meth:`finish` then does ToTensor's ``/255`` and the Normalize on a whole
+    collated batch at once, in the same float32 operations and order. On CPU this replaces a
+    handful of small tensor ops per image and model (each one a wake-up of the intra-op thread
+    pool, which on a loaded 2-core machine costs up to a scheduler time slice) by four per batch,
+    and the batch travels between processes as uint8 (4x less).
+    """
+
+    def __init__(self, steps: TensorPreprocess) -> None:
+        self.steps = steps
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        """uint8 ``[h, w, 3]`` of a PIL RGB image, resized and cropped as the transform does it."""
+        import numpy as np
+        from torchvision.transforms import functional as F1  # the v1 functional: what Resize / CenterCrop call
+
+        s = self.steps
+        if s.resize is not None:
+            img = F1.resize(img, list(s.resize), interpolation=s.interpolation, max_size=s.max_size,
+                            antialias=s.antialias)
+        if s.crop is not None:
+            img = F1.center_crop(img, list(s.crop))
+        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+
+    def finish(self, batch: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """float32 ``[N, 3, h, w]`` (laid out as ``memory_format``) of a uint8 ``[N, h, w, 3]`` batch:
+        ``x.float() / 255``, then ``.sub_(mean).div_(std)``, as ToTensor + Normalize compute it."""
+        n, h, w, c = batch.shape
+        out = torch.empty((n, c, h, w), dtype=torch.float32, device=batch.device, memory_format=memory_format)
+        out.copy_(batch.permute(0, 3, 1, 2))
+        out.div_(255)
+        if batch.device not in self._stats:  # F.normalize's mean / std: float32 [3, 1, 1]
+            self._stats[batch.device] = tuple(  # type: ignore[assignment]
+                torch.tensor(v, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
+                for v in (self.steps.mean, self.steps.std))
+        mean, std = self._stats[batch.device]
+        return out.sub_(mean).div_(std)
+
+
+def split_preprocess(transform: Any) -> SplitPreprocess | None:
+    """:class:`SplitPreprocess` for ``transform``, or None when it has a step that cannot be split
+    (the caller then applies the transform itself, per image)."""
+    if torch.get_default_dtype() != torch.float32:  # ToTensor converts to the default dtype
+        return None
+    try:
+        steps = tensor_preprocess(transform)
+    except UnsupportedTransform:
+        return None
+    if len(steps.mean) != 3 or len(steps.std) != 3:
+        return None
+    return SplitPreprocess(steps)
