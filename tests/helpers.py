@@ -74,3 +74,24 @@ def save_openai_torchscript(model: torch.nn.Module, path: Path, image_size: int 
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.trace(_OpenAIArchive(half, image_size), torch.ones(1, dtype=torch.half)), str(path))
     return copy.deepcopy(half).float()
+
+
+def interrupt_after_first_chunk(monkeypatch, run) -> None:
+    """Call ``run()`` with evaluate's part writer storing one chunk, then raising KeyboardInterrupt (a Ctrl-C)."""
+    import pytest
+
+    from clipcompare import evaluate as ev
+
+    original = ev.write_part
+    calls = []
+
+    def interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ev, "write_part", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run()

@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from clipcompare import evaluate as ev
 from clipcompare.data import build_dataset, parse_dataset_arg
 from clipcompare.evaluate import EvaluateOptions, evaluate
 from clipcompare.imagenet.classes import IMAGENET_R_INDICES, imagenet_classes
 from clipcompare.metrics import prob_column, top_column
 from clipcompare.models.classifier import ClassSet, create_classifier
-from helpers import make_image, make_image_folder
+from helpers import interrupt_after_first_chunk, make_image, make_image_folder
 
 RESNET = "resnet18"
 CLIP = "clip:tiny-RN-quickgelu"
@@ -134,19 +133,8 @@ def test_resume_after_interrupt_gives_identical_results(tmp_path, monkeypatch):
     opts = dict(batch_size=2, chunk_size=1)  # a part file per batch
     full = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(tmp_path / "full", **opts))
 
-    calls = []
-    original = ev.write_part
-
-    def interrupt_after_first_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
     out = tmp_path / "resumed"
-    monkeypatch.setattr(ev, "write_part", interrupt_after_first_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate([RESNET, CLIP], [f"imagenet={data}"], options(out, **opts))
+    interrupt_after_first_chunk(monkeypatch, lambda: evaluate([RESNET, CLIP], [f"imagenet={data}"], options(out, **opts)))
     parts = out / "predictions" / "imagenet.parts"
     assert [p.name for p in parts.iterdir()] == ["part-00000.parquet"]
     assert not (out / "predictions" / "imagenet.parquet").exists()
@@ -154,7 +142,6 @@ def test_resume_after_interrupt_gives_identical_results(tmp_path, monkeypatch):
     (parts / ".part-00001.parquet.tmp").write_bytes(b"PAR1 torn")
     (parts / "part-00007.parquet").write_bytes(b"garbage")
 
-    monkeypatch.setattr(ev, "write_part", original)
     resumed = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(out, **opts))
     a = pd.read_parquet(tmp_path / "full" / "predictions" / "imagenet.parquet")
     b = pd.read_parquet(out / "predictions" / "imagenet.parquet")

@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipcompare import evaluate as ev
 from clipcompare.cli import main
 from clipcompare.evaluate import EvaluateOptions, evaluate
 from clipcompare.metrics import top_column
 from clipcompare.rundir import LOCK_NAME, RunLock
-from helpers import make_image_folder
+from helpers import interrupt_after_first_chunk, make_image_folder
 
 RESNET = "resnet18"
 CLIP = "clip:tiny-RN-quickgelu"
@@ -170,20 +169,9 @@ def test_torchrun_two_ranks_resume_a_one_process_run(tmp_path, monkeypatch):
     (data / WNIDS[1] / "broken.jpg").write_bytes(b"not an image")
     full = evaluate([CLIP], [f"imagenet={data}"], options(tmp_path / "full", batch_size=4, chunk_size=4))
 
-    calls = []
-    original = ev.write_part
-
-    def interrupt_after_first_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
     out = tmp_path / "run"
-    monkeypatch.setattr(ev, "write_part", interrupt_after_first_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate([CLIP], [f"imagenet={data}"], options(out, batch_size=4, chunk_size=4))
-    monkeypatch.setattr(ev, "write_part", original)
+    interrupt_after_first_chunk(monkeypatch, lambda: evaluate([CLIP], [f"imagenet={data}"],
+                                                              options(out, batch_size=4, chunk_size=4)))
 
     args = cli_args(data, out, "--chunk-size", "4")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
