@@ -134,7 +134,8 @@ def test_resume_after_interrupt_gives_identical_results(tmp_path, monkeypatch):
     full = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(tmp_path / "full", **opts))
 
     out = tmp_path / "resumed"
-    interrupt_after_first_chunk(monkeypatch, lambda: evaluate([RESNET, CLIP], [f"imagenet={data}"], options(out, **opts)))
+    interrupt_after_first_chunk(monkeypatch,
+                                lambda: evaluate([RESNET, CLIP], [f"imagenet={data}"], options(out, **opts)))
     parts = out / "predictions" / "imagenet.parts"
     assert [p.name for p in parts.iterdir()] == ["part-00000.parquet"]
     assert not (out / "predictions" / "imagenet.parquet").exists()
