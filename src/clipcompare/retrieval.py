@@ -26,11 +26,12 @@ from torch import nn
 
 from clipcompare.data.coco import CaptionedImages, CaptionImageDataset, CaptionSplits, collate_images
 from clipcompare.errors import UserError
+from clipcompare.metrics import RETRIEVAL_KS, recall_key
 from clipcompare.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+DEFAULT_KS: tuple[int, ...] = RETRIEVAL_KS
 
 
 @torch.no_grad()
@@ -79,9 +80,9 @@ def recall_at_k(
 
     out: dict[str, float] = {}
     for j, k in enumerate(ks):
-        out[f"text_retrieval_recall@{k}"] = i2t[j].item() / n_img
+        out[recall_key("text", k)] = i2t[j].item() / n_img
     for j, k in enumerate(ks):
-        out[f"image_retrieval_recall@{k}"] = t2i[j].item() / n_txt
+        out[recall_key("image", k)] = t2i[j].item() / n_txt
     return out
 
 

@@ -62,8 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from clipcompare.cli.common import format_table
+    from clipcompare.metrics import RECALL_KEYS
     from clipcompare.train.config import TrainConfig
-    from clipcompare.train.main import RECALL_KEYS, train
+    from clipcompare.train.main import train
 
     config = TrainConfig(
         out=args.out, coco=args.coco, split=args.split, train_size=args.train_size, val_size=args.val_size,

@@ -27,6 +27,7 @@ import torch
 
 from clipcompare.errors import UserError
 from clipcompare.fileio import atomic_write_bytes
+from clipcompare.metrics import RECALL_KEYS
 from clipcompare.rundir import LOCK_NAME, RunLock, now_iso, versions
 from clipcompare.train import distributed as D
 from clipcompare.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -46,7 +47,6 @@ from clipcompare.train.model import ContrastiveModel, build_model, parameter_cou
 
 log = logging.getLogger(__name__)
 
-RECALL_KEYS = tuple(f"{d}_retrieval_recall@{k}" for d in ("text", "image") for k in (1, 5, 10))
 Announce = Callable[[str], None]
 
 

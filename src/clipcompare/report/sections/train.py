@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from clipcompare.metrics import RECALL_KEYS
 from clipcompare.report import plots
 from clipcompare.report.blocks import (
     Cell,
@@ -37,9 +38,6 @@ from clipcompare.report.blocks import (
 )
 
 log = logging.getLogger(__name__)
-
-RECALLS = tuple(f"{d}_retrieval_recall@{k}" for d in ("text", "image") for k in (1, 5, 10))
-
 
 def is_run(path: Path) -> bool:
     if not (path / "run.json").is_file():
@@ -80,7 +78,7 @@ def build(run_dir: Path, options: ReportOptions) -> Section:
                                      f"{len(steps):,} optimizer steps"))
     epochs = [e for e in read_jsonl(run_dir / "log" / "epochs.jsonl") if "epoch" in e]
     if epochs:
-        keys = [k for k in (*RECALLS, "mean_recall@1") if any(e.get(k) is not None for e in epochs)]
+        keys = [k for k in (*RECALL_KEYS, "mean_recall@1") if any(e.get(k) is not None for e in epochs)]
         section.blocks.append(Figure("recalls per epoch", plots.recall_curves(epochs, keys)))
         section.blocks.append(Table(
             "validation per epoch", ["epoch", "val loss", *(_short(k) for k in keys)],
@@ -108,11 +106,11 @@ def _short(key: str) -> str:
 
 
 def retrieval_table(data: dict[str, Any]) -> Table:
-    rows = [[Cell(r.get("model", "?")), Cell(r.get("role", "")), *(pct(r.get(k), 1) for k in RECALLS),
+    rows = [[Cell(r.get("model", "?")), Cell(r.get("role", "")), *(pct(r.get(k), 1) for k in RECALL_KEYS),
              num(r.get("images"), ","), num(r.get("captions"), ",")] for r in data.get("rows", [])]
     return Table(f"retrieval on {data.get('split', '?')}: start / trained / reference",
-                 ["model", "role", *(_short(k) for k in RECALLS), "images", "captions"], rows,
-                 [False, False] + [True] * (len(RECALLS) + 2), role="retrieval")
+                 ["model", "role", *(_short(k) for k in RECALL_KEYS), "images", "captions"], rows,
+                 [False, False] + [True] * (len(RECALL_KEYS) + 2), role="retrieval")
 
 
 def example_gallery(example: dict[str, Any], options: ReportOptions) -> Gallery:
