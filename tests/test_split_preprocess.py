@@ -98,17 +98,17 @@ def test_evaluate_pipeline_feeds_each_model_what_its_transform_gives(tmp_path):
     clfs = [create_classifier(m, allow_random=True, templates="single") for m in ("resnet18", "clip:tiny-RN-quickgelu")]
     opts = EvaluateOptions(out=tmp_path / "out", batch_size=4, device="cpu")
     pending = np.arange(len(ds), dtype=np.int64)
-    from clipcompare.data.decode import DecodeAhead
+    from clipcompare.data.decode import ThreadedDecode
 
-    # both transforms split: the next batch is decoded in a thread (with workers, by the DataLoader)
-    assert isinstance(input_pipeline(ds, pending, clfs, opts, torch.device("cpu")).loader, DecodeAhead)
+    # both transforms split: batches are decoded by threads (with workers, by the DataLoader)
+    assert isinstance(input_pipeline(ds, pending, clfs, opts, torch.device("cpu")).loader, ThreadedDecode)
     with_workers = input_pipeline(ds, pending, clfs, dataclasses.replace(opts, workers=1), torch.device("cpu"))
     assert isinstance(with_workers.loader, torch.utils.data.DataLoader)
     whole = T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor(), T.RandomHorizontalFlip(p=0.0)])
     clfs[1].preprocess = whole  # an unknown step: no split, the transform runs per image
     formats = [torch.channels_last, torch.contiguous_format]
     pipeline = input_pipeline(ds, pending, clfs, opts, torch.device("cpu"), formats)
-    assert isinstance(pipeline.loader, torch.utils.data.DataLoader)  # a whole transform: no decode thread
+    assert isinstance(pipeline.loader, torch.utils.data.DataLoader)  # a whole transform: no decode threads
     batches = list(pipeline)
     assert sum(len(b.positions) for b in batches) == len(ds) == 6
     for b in batches:
@@ -118,20 +118,20 @@ def test_evaluate_pipeline_feeds_each_model_what_its_transform_gives(tmp_path):
             assert b.tensors[s].is_contiguous(memory_format=fmt) and torch.equal(b.tensors[s], reference)
 
 
-def test_decode_ahead_gives_the_dataloaders_batches(tmp_path):
-    """The background-thread batching (CPU, no workers): same positions, tensors and failures, in order."""
-    from clipcompare.data.decode import DecodeAhead
+def test_threaded_decode_gives_the_dataloaders_batches(tmp_path):
+    """The threaded batching (CPU, no workers): same positions, tensors and failures, in order."""
+    from clipcompare.data.decode import ThreadedDecode
 
     paths = [make_image(tmp_path / f"{i}.jpg", size=SIZES[i % 3], seed=i).name for i in range(7)]
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     paths.insert(4, "bad.jpg")
     split = split_preprocess(_transforms()["open_clip RN50"])
     images = DecodedImages(tmp_path, paths, [split])
-    ahead = list(DecodeAhead(images, 3))
+    threaded = list(ThreadedDecode(images, 3, threads=2))
     loader = list(torch.utils.data.DataLoader(images, batch_size=3, collate_fn=collate))
-    assert len(ahead) == len(loader) == 3
-    for a, b in zip(ahead, loader):
+    assert len(threaded) == len(loader) == 3
+    for a, b in zip(threaded, loader):
         assert a.positions.tolist() == b.positions.tolist() and a.failures == b.failures
         assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors))
-    assert [p for b in ahead for p, _ in b.failures] == [4]
-    assert list(DecodeAhead(DecodedImages(tmp_path, [], [split]), 3)) == []
+    assert [p for b in threaded for p, _ in b.failures] == [4]
+    assert list(ThreadedDecode(DecodedImages(tmp_path, [], [split]), 3)) == []

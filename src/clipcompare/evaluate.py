@@ -42,7 +42,7 @@ import torch
 
 from clipcompare import distributed
 from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
-from clipcompare.data.decode import Batch, DecodeAhead, DecodedImages, collate
+from clipcompare.data.decode import Batch, DecodedImages, ThreadedDecode, collate
 from clipcompare.distributed import DistInfo
 from clipcompare.errors import UserError
 from clipcompare.metrics import (
@@ -355,8 +355,8 @@ def make_loader(
 ) -> Iterable[Any]:
     """Decode + preprocess in ``options.workers`` processes (in this process when 0), in dataset order.
 
-    On CPU with no workers, when every transform is a ``SplitPreprocess``, a background thread
-    decodes the next batch (``decode.DecodeAhead``) while the current one runs.
+    On CPU with no workers, when every transform is a ``SplitPreprocess``, each batch is decoded by
+    as many threads as the forward uses, between forwards (``decode.ThreadedDecode``).
 
     With ``options.decode == "gpu"`` the workers only read the files (``gpu_decode.EncodedImages``).
     """
@@ -373,9 +373,9 @@ def make_loader(
     workers = max(0, options.workers)
     if options.decode == "cpu" and workers == 0 and device.type == "cpu" and all(
             isinstance(t, SplitPreprocess) for t in transforms):
-        # decoding the next batch in a thread while this one runs the forward (measured in the commit
-        # that added it: faster on the shared 2-core machine, where DataLoader workers were slower)
-        return DecodeAhead(images, options.batch_size)  # type: ignore[arg-type]
+        # DataLoader workers (processes) were slower on the 2-core machine: they compete with the
+        # forward for the same cores, and every batch crosses a process boundary
+        return ThreadedDecode(images, options.batch_size, torch.get_num_threads())  # type: ignore[arg-type]
     return torch.utils.data.DataLoader(
         images, batch_size=options.batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,

@@ -112,35 +112,33 @@ def collate(items: Sequence[Item]) -> Batch:
     return Batch(positions, tensors, failures)
 
 
-class DecodeAhead:
-    """``DecodedImages`` in batches of ``batch_size``, in order, collated: iterate it. While the caller
-    works on one batch, a background thread decodes and transforms the next one's images (PIL's
-    decode and resize release the GIL), so on CPU the decoding overlaps the forward passes
-    instead of adding to them. Only for transforms that run no torch ops per image (a
-    ``SplitPreprocess``): a torch op in a second thread would start a second intra-op thread pool.
+class ThreadedDecode:
+    """``DecodedImages`` in batches of ``batch_size``, in order, collated: iterate it. Each batch's
+    images are decoded and transformed by ``threads`` threads at once (PIL's decode and resize
+    release the GIL), between the caller's forward passes, not during them.
+
+    Why not overlap: on CPU the forward already keeps every core busy with its intra-op threads; a
+    decode thread running beside it (the previous design) preempts one of them, and the others wait
+    at the pool's barriers. Decoding in a burst on all cores costs the forward only the CPU time of
+    the decode (on a 2-core AMD EPYC, evaluate / bare forward went from 0.941 to 0.960; see
+    ``benchmarks/evaluate_speed.py``). Only for transforms that run no torch ops per image (a
+    ``SplitPreprocess``): torch ops in other threads would start more intra-op thread pools.
     """
 
-    def __init__(self, images: DecodedImages, batch_size: int) -> None:
+    def __init__(self, images: DecodedImages, batch_size: int, threads: int = 1) -> None:
         self.images = images
         self.batch_size = max(1, batch_size)
+        self.threads = max(1, threads)
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
 
-    def _items(self, k: int) -> list[Item]:
-        start = k * self.batch_size
-        return [self.images[i] for i in range(start, min(start + self.batch_size, len(self.images)))]
-
     def __iter__(self) -> Iterator[Batch]:
         from concurrent.futures import ThreadPoolExecutor
 
-        n = len(self)
-        if not n:
+        if not len(self.images):
             return
-        with ThreadPoolExecutor(1, thread_name_prefix="clipcompare-decode") as pool:
-            ahead = pool.submit(self._items, 0)
-            for k in range(n):
-                items = ahead.result()
-                if k + 1 < n:
-                    ahead = pool.submit(self._items, k + 1)
-                yield collate(items)  # here, not in the thread: torch.stack is a torch op
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="clipcompare-decode") as pool:
+            for start in range(0, len(self.images), self.batch_size):
+                items = pool.map(self.images.__getitem__, range(start, min(start + self.batch_size, len(self.images))))
+                yield collate(list(items))  # here, not in a thread: torch.stack is a torch op
