@@ -96,6 +96,29 @@ def test_weights_change_the_model_id(tiny_clip):
     assert ClipClassifier(other, templates="single").model_id != a
 
 
+
+def test_model_identity_tells_activations_apart(tiny_clip):
+    """Equal weights built with GELU instead of QuickGELU must not share cached heads or caption embeddings."""
+    import copy
+
+    from open_clip.transformer import QuickGELU
+
+    from clipcompare.models.hashing import model_identity
+
+    same = copy.deepcopy(tiny_clip.model)
+    gelu = copy.deepcopy(tiny_clip.model)
+    swapped = 0
+    for parent in gelu.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, QuickGELU):
+                setattr(parent, name, torch.nn.GELU())
+                swapped += 1
+    assert swapped > 0
+    ident = model_identity("m", tiny_clip.model)
+    assert model_identity("m", same) == ident and "QuickGELU" in ident
+    assert model_identity("m", gelu) != ident
+    assert model_identity("other", same) != ident
+
 # ------------------------------------------------------------------ classify CLI
 
 

@@ -137,7 +137,7 @@ def evaluate(
     training loop's cached embeddings of a frozen text tower; ``tokenizer`` may then be None.
     """
     from clipcompare.captions import caption_embeddings
-    from clipcompare.models.hashing import weights_fingerprint
+    from clipcompare.models.hashing import model_identity
 
     start = time.perf_counter()
     texts, owner = images.flat_captions()
@@ -146,7 +146,7 @@ def evaluate(
             raise ValueError(f"text_embeddings has {text_embeddings.shape[0]} rows for {len(texts)} captions")
         text_emb = text_embeddings.float().to(device)
     else:
-        model_id = model_id or f"{type(model).__name__}#{weights_fingerprint(model)}"
+        model_id = model_id or model_identity(type(model).__name__, model)
         text_emb = caption_embeddings(model, tokenizer, texts, model_id=model_id, cache_dir=caption_cache_dir,
                                       device=device)
     image_emb, kept, skipped = encode_images(model, CaptionImageDataset(images, preprocess),
@@ -200,7 +200,7 @@ def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
     """Evaluate every model on split ``on``; the document written to retrieval.json (and returned)."""
     from clipcompare.evaluate import resolve_device
     from clipcompare.fileio import atomic_write_bytes
-    from clipcompare.models.hashing import weights_fingerprint
+    from clipcompare.models.hashing import model_identity
     from clipcompare.models.loading import load_model
     from clipcompare.rundir import now_iso, versions
 
@@ -223,7 +223,7 @@ def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
         model = loaded.model
         if not (hasattr(model, "encode_image") and hasattr(model, "encode_text") and loaded.tokenizer is not None):
             raise UserError(f"{spec.name} has no encode_image/encode_text/tokenizer; retrieval needs a CLIP-style model")
-        model_id = f"{spec.name}#{weights_fingerprint(model)}"
+        model_id = model_identity(spec.name, model)
         log.info("retrieval: %s on %d %s images", spec.name, len(images), on)
         result = evaluate(model, images, tokenizer=loaded.tokenizer, preprocess=loaded.preprocess,
                           batch_size=options.batch_size, device=device, caption_cache_dir=options.cache_dir,

@@ -169,11 +169,9 @@ class ClipClassifier(Classifier):
         The same weights built with GELU and with QuickGELU give different heads, so a head cached
         under one must never be served for the other.
         """
-        from clipcompare.models.hashing import weights_fingerprint
+        from clipcompare.models.hashing import model_identity
 
-        build = self.loaded.build
-        activation = f"#{build.activation}" if build is not None else ""
-        return f"{self.name}#{weights_fingerprint(self.model)}{activation}"
+        return model_identity(self.name, self.model)
 
     def head(self, classes: ClassSet) -> torch.Tensor:
         """Zero-shot weights [D, C] for ``classes`` (memory, then disk cache, then built)."""

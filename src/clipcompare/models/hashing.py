@@ -22,3 +22,15 @@ def weights_fingerprint(model: nn.Module, sample: int = 4096) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(flat[::step].to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def model_identity(name: str, model: nn.Module) -> str:
+    """What a cache of a model's outputs (zero-shot heads, caption embeddings) is keyed by.
+
+    The name, a fingerprint of the weights, and the activations the model was built with, read off
+    the module: the same weights built with GELU instead of QuickGELU give different embeddings, and
+    a result cached under one must never be served for the other.
+    """
+    from clipcompare.models.loading import activation_names
+
+    return f"{name}#{weights_fingerprint(model)}#{'+'.join(activation_names(model)) or 'none'}"

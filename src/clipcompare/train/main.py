@@ -115,11 +115,11 @@ class _Data:
 def _load_text(model: ContrastiveModel, tokenizer, config: TrainConfig, images, device: torch.device,
                dist: D.DistInfo) -> tuple[torch.Tensor, np.ndarray, list[int]]:
     from clipcompare.captions import caption_embeddings
-    from clipcompare.models.hashing import weights_fingerprint
+    from clipcompare.models.hashing import model_identity
     from clipcompare.zeroshot import default_cache_dir
 
     texts, owner = images.flat_captions()
-    model_id = f"{config.text_model}#{weights_fingerprint(model.text)}"
+    model_id = model_identity(config.text_model, model.text)
     emb = None
     for turn in (True, False):  # the main process fills the cache first, the others read it
         if dist.is_main == turn:
