@@ -4,8 +4,7 @@ Shared by ``retrieval`` and ``train``: every caption is encoded with :func:`zero
 (each batch trimmed to its longest caption, equal within 1e-5 to the full 77-token forward) and the
 [N, D] L2-normalised result is stored under ``CACHE/captions/<key>.pt``, the key covering the model
 identity (``models.hashing.model_identity``: name, weights fingerprint, activations) and every caption
-in order. Training then reads embeddings
-instead of running the text tower every step.
+in order. Training then reads embeddings instead of running the text tower every step.
 """
 
 from __future__ import annotations
