@@ -33,7 +33,7 @@ from clipcompare.data.decode import DecodedImages, collate
 from clipcompare.data.gpu_decode import DeviceDecoder, EncodedImages, collate_raw
 from clipcompare.data.synthetic import synthetic_image
 from clipcompare.data.tensor_preprocess import tensor_preprocess
-from clipcompare.evaluate import EvaluateOptions, load_classifiers, resolve_device
+from clipcompare.evaluation import EvaluateOptions, load_classifiers, resolve_device
 from clipcompare.models.classifier import ClassSet
 from clipcompare.models.spec import DEFAULT_MODELS, parse_spec
 from clipcompare.precision.support import DTYPES, dtype_support

@@ -32,10 +32,10 @@ import torch
 
 from clipcompare.data import load_datasets
 from clipcompare.data.synthetic import make_image_folder
-from clipcompare.evaluate import EvaluateOptions, input_pipeline, load_classifiers, resolve_device, run_dataset
+from clipcompare.evaluation import EvaluateOptions, input_pipeline, load_classifiers, resolve_device, run_dataset
+from clipcompare.evaluation.store import RunStore, SkipLog
 from clipcompare.imagenet import imagenet_classes
 from clipcompare.models.spec import DEFAULT_MODELS, parse_spec
-from clipcompare.rundir import RunStore, SkipLog
 from clipcompare.runtime import steady_heap
 from clipcompare.zeroshot import build_head, load_templates
 

@@ -24,9 +24,9 @@ from PIL import Image
 from torchvision.models import ResNet50_Weights, resnet50
 
 from clipcompare.data.synthetic import make_image_folder
-from clipcompare.evaluate import EvaluateOptions, evaluate
+from clipcompare.evaluation import EvaluateOptions, evaluate
+from clipcompare.evaluation.metrics import prob_column, top_column
 from clipcompare.imagenet.classes import IMAGENET_R_INDICES, imagenet_classes
-from clipcompare.metrics import prob_column, top_column
 
 TEMPLATES = ["a photo of a {}."]
 

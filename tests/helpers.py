@@ -80,7 +80,7 @@ def interrupt_after_first_chunk(monkeypatch, run) -> None:
     """Call ``run()`` with evaluate's part writer storing one chunk, then raising KeyboardInterrupt (a Ctrl-C)."""
     import pytest
 
-    from clipcompare import evaluate as ev
+    from clipcompare.evaluation import predict as ev
 
     original = ev.write_part
     calls = []

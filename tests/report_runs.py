@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipcompare.evaluation.metrics import dataset_metrics, prob_column, top_column
 from clipcompare.imagenet.classes import imagenet_classes
-from clipcompare.metrics import dataset_metrics, prob_column, top_column
 from helpers import make_image, make_image_folder
 
 MODEL_A = "resnet50:IMAGENET1K_V1"

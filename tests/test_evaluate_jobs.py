@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from clipcompare.cli import main
-from clipcompare.evaluate import EvaluateOptions, evaluate
-from clipcompare.metrics import top_column
+from clipcompare.evaluation import EvaluateOptions, evaluate
+from clipcompare.evaluation.metrics import top_column
 from clipcompare.rundir import LOCK_NAME, RunLock
 from helpers import interrupt_after_first_chunk, make_image_folder
 
@@ -79,28 +79,29 @@ def test_a_live_lock_refuses_with_one_line_and_a_stale_one_is_taken_over(tmp_pat
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from clipcompare import fileio, rundir
+    from clipcompare import fileio
+    from clipcompare.evaluation import store
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
     where = sys.argv[1]
     if where == "merge":  # the merged Parquet is written, its parts not yet removed
-        rundir.remove_parts = lambda parts: die()
+        store.remove_parts = lambda parts: die()
     elif where == "merge-half":  # some parts removed, then killed
         def remove_one(parts):
             sorted(Path(parts).iterdir())[0].unlink()
             die()
-        rundir.remove_parts = remove_one
+        store.remove_parts = remove_one
     elif where == "metrics":  # half of metrics.json in its temp file
-        original = rundir.atomic_write_bytes
+        original = store.atomic_write_bytes
         def torn(path, data):
             if Path(path).name == "metrics.json":
                 with fileio.atomic_path(Path(path)) as tmp:
                     tmp.write_bytes(data[: len(data) // 2])
                     die()
             original(path, data)
-        rundir.atomic_write_bytes = torn
+        store.atomic_write_bytes = torn
     from clipcompare.cli import main
     sys.exit(main(sys.argv[2:]))
 """)

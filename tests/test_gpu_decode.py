@@ -24,8 +24,8 @@ from clipcompare.data.decode import load_rgb
 from clipcompare.data.gpu_decode import DeviceDecoder, EncodedImages, collate_raw, jpeg_route
 from clipcompare.data.synthetic import synthetic_image
 from clipcompare.data.tensor_preprocess import UnsupportedTransform, tensor_preprocess
-from clipcompare.evaluate import EvaluateOptions, evaluate
-from clipcompare.metrics import prob_column, top_column
+from clipcompare.evaluation import EvaluateOptions, evaluate
+from clipcompare.evaluation.metrics import prob_column, top_column
 from clipcompare.models.classifier import create_classifier
 from helpers import make_image, make_image_folder
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipcompare.metrics import dataset_metrics, models_in, prob_column, top_column
+from clipcompare.evaluation.metrics import dataset_metrics, models_in, prob_column, top_column
 
 NAMES = ("tench", "goldfish", "shark", "seashore", "kite", "daisy", "volcano")
 MODELS = ("resnet18:IMAGENET1K_V1", "clip:tiny")

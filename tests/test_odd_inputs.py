@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from clipcompare.cli import main
 from clipcompare.data.decode import load_rgb
-from clipcompare.evaluate import EvaluateOptions, evaluate
+from clipcompare.evaluation import EvaluateOptions, evaluate
 from helpers import make_image, make_image_folder
 
 CLIP = "clip:tiny-ViT"

@@ -203,8 +203,8 @@ def test_evaluate_top1_matches_a_plain_loop(tmp_path):
     import pyarrow.parquet as pq
     from torchvision.models import ResNet18_Weights, resnet18
 
-    from clipcompare.evaluate import EvaluateOptions, evaluate
-    from clipcompare.metrics import top_column
+    from clipcompare.evaluation import EvaluateOptions, evaluate
+    from clipcompare.evaluation.metrics import top_column
 
     wnids = ["n01440764", "n01443537", "n02102040", "n01530575"]
     root = make_image_folder(tmp_path / "data", wnids, per_class=4, size=(100, 80))
@@ -300,7 +300,7 @@ def test_resuming_with_another_build_is_refused(tmp_path):
     """A run started with one activation (say, before a fix) is not continued with another:
     the predictions would mix two models under one name."""
     from clipcompare.errors import UserError
-    from clipcompare.evaluate import EvaluateOptions, evaluate
+    from clipcompare.evaluation import EvaluateOptions, evaluate
 
     root = make_image_folder(tmp_path / "data", ["cat", "dog"], per_class=1, size=(64, 64))
     opts = EvaluateOptions(out=tmp_path / "run", templates="single", allow_random=True, progress=False, device="cpu")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from clipcompare.cli import main
-from clipcompare.metrics import expected_calibration_error, reliability_bins, top_matrix
+from clipcompare.evaluation.metrics import expected_calibration_error, reliability_bins, top_matrix
 from clipcompare.report import ReportOptions, build_report, render_html, write_markdown
 from clipcompare.report.sections.evaluate import pick_gallery
 from report_runs import MODEL_A, MODEL_B, TRAIN_RECALLS, make_evaluate_run, make_train_run

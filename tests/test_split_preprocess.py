@@ -16,7 +16,7 @@ from torchvision.models import ResNet50_Weights
 from clipcompare.data.decode import DecodedImages, collate
 from clipcompare.data.synthetic import synthetic_image
 from clipcompare.data.tensor_preprocess import split_preprocess
-from clipcompare.evaluate import EvaluateOptions, input_pipeline
+from clipcompare.evaluation import EvaluateOptions, input_pipeline
 from clipcompare.models.classifier import create_classifier
 from helpers import make_image, make_image_folder
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from clipcompare.data.coco import CaptionedImages, CaptionImageDataset, CaptionSplits, collate_images
 from clipcompare.errors import UserError
-from clipcompare.metrics import RETRIEVAL_KS, recall_key
+from clipcompare.evaluation.metrics import RETRIEVAL_KS, recall_key
 from clipcompare.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def check_retrieval_specs(specs: Sequence[ModelSpec]) -> None:
 def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
                   options: RetrievalOptions) -> dict[str, Any]:
     """Evaluate every model on split ``on``; the document written to retrieval.json (and returned)."""
-    from clipcompare.evaluate import resolve_device
+    from clipcompare.evaluation import resolve_device
     from clipcompare.fileio import atomic_write_bytes
     from clipcompare.models.hashing import model_identity
     from clipcompare.models.loading import load_model

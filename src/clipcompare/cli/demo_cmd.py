@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     from clipcompare.cli.inspect_cmd import render
     from clipcompare.data.base import DatasetSpec
     from clipcompare.data.photos import SAMPLE_PHOTOS, write_domains, write_photos
-    from clipcompare.evaluate import EvaluateOptions, evaluate, resolve_device
+    from clipcompare.evaluation import EvaluateOptions, evaluate, resolve_device
     from clipcompare.models.inspect import build_report
     from clipcompare.precision import PrecisionConfig, save_report
     from clipcompare.precision import evaluate as precision_evaluate

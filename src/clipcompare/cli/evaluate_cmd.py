@@ -27,7 +27,7 @@ def default_workers(device: str | None) -> int:
     them. Measured on 2 cores (ResNet-50 + CLIP RN50, batch 32): 13.7 images/s decoding inline vs
     12.0-13.0 with 1-2 workers.
     """
-    from clipcompare.evaluate import resolve_device
+    from clipcompare.evaluation import resolve_device
 
     on_cpu = resolve_device(device).type == "cpu"
     # torchrun starts LOCAL_WORLD_SIZE processes on this machine: they share its cores
@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipcompare.evaluate import EvaluateOptions, evaluate
+    from clipcompare.evaluation import EvaluateOptions, evaluate
 
     options = EvaluateOptions(
         out=args.out, limit_per_class=args.limit_per_class, batch_size=args.batch_size,

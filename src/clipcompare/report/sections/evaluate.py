@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from clipcompare.metrics import (
+from clipcompare.evaluation.metrics import (
     expected_calibration_error,
     prob_column,
     reliability_bins,

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from clipcompare.metrics import RECALL_KEYS
+from clipcompare.evaluation.metrics import RECALL_KEYS
 from clipcompare.report import plots
 from clipcompare.report.blocks import (
     Cell,

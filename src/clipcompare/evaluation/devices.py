@@ -1,0 +1,98 @@
+"""The models on the device: which device, the precision cast, and each model's memory format."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+
+from clipcompare.errors import UserError
+from clipcompare.evaluation.options import EvaluateOptions
+from clipcompare.models.classifier import Classifier, create_classifier
+from clipcompare.models.spec import ModelSpec
+from clipcompare.precision.support import DTYPES, parse_dtype
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/``auto`` → cuda when available; an unusable device is a UserError."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, device: torch.device) -> list[Classifier]:
+    """Each model on ``device``; random inits are seeded so a resumed dry run gets the same weights."""
+    from clipcompare.zeroshot import default_cache_dir
+
+    cache_dir = options.cache_dir or default_cache_dir()
+    classifiers = []
+    for spec in specs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            clf = create_classifier(
+                spec, templates=options.templates, cache_dir=cache_dir, allow_random=options.allow_random,
+                device=device,
+            )
+        if options.precision != "fp32":
+            clf.model.to(dtype=DTYPES[parse_dtype(options.precision)])  # the cast `precision` measures
+        classifiers.append(clf)
+    return classifiers
+
+
+def memory_formats(
+    classifiers: Sequence[Classifier], options: EvaluateOptions, device: torch.device
+) -> list[torch.memory_format]:
+    """Each model's memory format, applied to it: as ``options.channels_last`` says, else on CUDA the
+    faster of the two for that model (timed at the batch size), else contiguous."""
+    formats = []
+    for clf in classifiers:
+        if options.channels_last is None and device.type == "cuda":
+            fmt = fastest_memory_format(clf, options.batch_size, device)
+        else:
+            fmt = torch.channels_last if options.channels_last else torch.contiguous_format
+        clf.model.to(memory_format=fmt)
+        formats.append(fmt)
+    return formats
+
+
+def fastest_memory_format(clf: Classifier, batch_size: int, device: torch.device, repeats: int = 3) -> torch.memory_format:
+    """contiguous or channels_last, whichever runs ``clf``'s image tower faster on a random batch
+    shaped like its preprocessing output (synchronised timing, after a warm-up call)."""
+    from PIL import Image
+
+    shape = clf.preprocess(Image.new("RGB", (500, 375))).shape
+    best, best_time = torch.contiguous_format, float("inf")
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        clf.model.to(memory_format=fmt)
+        x = torch.randn(batch_size, *shape, device=device, dtype=clf.dtype).contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            clf.features(x)  # warm-up: cuDNN picks its algorithms
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                clf.features(x)
+            _synchronize(device)
+        seconds = time.perf_counter() - start
+        log.info("%s: %s %.1f ms per batch of %d", clf.name, format_name(fmt), 1000 * seconds / repeats, batch_size)
+        if seconds < best_time:
+            best, best_time = fmt, seconds
+    return best
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_name(fmt: torch.memory_format) -> str:
+    return "channels_last" if fmt == torch.channels_last else "contiguous"

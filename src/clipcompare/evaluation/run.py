@@ -1,0 +1,235 @@
+"""``evaluate``: every model on every dataset into a run directory, resuming what is there; run.json
+and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipcompare import distributed
+from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
+from clipcompare.errors import UserError
+from clipcompare.evaluation.devices import format_name, load_classifiers, memory_formats, resolve_device
+from clipcompare.evaluation.metrics import dataset_metrics, top_column
+from clipcompare.evaluation.options import DECODE_PATHS, EvaluateOptions
+from clipcompare.evaluation.pipeline import distinct_transforms, tensor_preprocesses
+from clipcompare.evaluation.predict import run_dataset
+from clipcompare.evaluation.store import RunStore, SkipLog
+from clipcompare.models.classifier import Classifier
+from clipcompare.models.spec import ModelSpec, parse_spec
+from clipcompare.precision.support import dtype_support, parse_dtype
+from clipcompare.rundir import RunLock, now_iso, versions
+from clipcompare.runtime import steady_heap
+
+log = logging.getLogger(__name__)
+
+
+SETTINGS_VERSION = 1
+
+
+@dataclass
+class EvaluationResult:
+    """What the CLI summarises: the run directory, its metrics and what was evaluated."""
+
+    out: Path
+    metrics: dict[str, Any]
+    datasets: list[ImageDataset]
+    models: list[str]
+    random_weights: list[str] = field(default_factory=list)  # models that ran without pretrained weights
+    options: dict[str, Any] = field(default_factory=dict)  # run.json's "options": device, decode, precision ...
+    is_main: bool = True  # False on torchrun ranks other than 0 (which print nothing)
+
+
+def evaluate(
+    models: Sequence[ModelSpec | str], datasets: Sequence[DatasetSpec | str], options: EvaluateOptions
+) -> EvaluationResult:
+    """Evaluate every model on every dataset into ``options.out`` (resuming what is already there).
+
+    Under torchrun every rank calls this with the same arguments (see the module docstring).
+    """
+    started = now_iso()
+    data = load_datasets(datasets, options.limit_per_class)  # dataset errors before any model loads
+    specs = [parse_spec(m) if isinstance(m, str) else m for m in models]
+    if not specs:
+        raise UserError("no --model given")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"the same model is given twice: {', '.join(names)}")
+    if options.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if options.decode not in DECODE_PATHS:
+        raise UserError(f"--decode {options.decode!r}: choose from {', '.join(DECODE_PATHS)}")
+    precision = parse_dtype(options.precision)
+    device = resolve_device(options.device)
+    support = dtype_support(precision, device.type)
+    if not support.supported:
+        raise UserError(f"--precision {precision} on {device}: {support.note}")
+    owns_group = not distributed.is_initialized()  # else a caller joined it and will leave it
+    dist = distributed.init_distributed(device)
+    device = dist.device
+    store = RunStore(Path(options.out))
+    lock = RunLock(store.root, "clipcompare evaluate")
+    settings = _settings(specs, data, options)
+    try:
+        # rank 0 takes the lock once for the whole job and checks the directory; the others wait
+        # for its verdict, so a refused or mismatched run stops every rank with the same line
+        error, previous = None, None
+        if dist.is_main:
+            try:
+                lock.acquire()
+                previous = store.check_settings(settings)
+            except UserError as exc:
+                error = str(exc)
+        error = distributed.broadcast_object(error)
+        if error:
+            raise UserError(error)
+        if support.note:
+            log.warning("--precision %s: %s", precision, support.note)
+        if device.type == "cpu":
+            # 1.5x CPU throughput: no page-faulting of activations on every batch (see runtime.steady_heap)
+            steady_heap()
+        classifiers = load_classifiers(specs, options, device)
+        formats = memory_formats(classifiers, options, device)
+        info = _run_info(options, settings, classifiers, data, device, started, previous)
+        info["options"].update(decode=options.decode, precision=precision, precision_note=support.note,
+                               memory_formats={c.name: format_name(f) for c, f in zip(classifiers, formats)},
+                               world_size=dist.world_size)
+        if options.decode == "gpu":  # what the device applies instead of each PIL transform (fails early)
+            transforms, slot = distinct_transforms(classifiers)
+            tensor_steps = tensor_preprocesses(transforms, classifiers, slot)
+            info["options"]["tensor_preprocess"] = {c.name: tensor_steps[s].describe() for c, s in zip(classifiers, slot)}
+        if dist.is_main:
+            store.write_json("run.json", info)
+        distributed.barrier()  # run.json (and the directory) exist before any rank writes parts
+
+        skips = SkipLog(store.root / "skipped.jsonl", rank=dist.rank if dist.distributed else None)
+        notes: dict[str, list[str]] = {}
+        throughput: dict[str, dict[str, Any]] = {}
+        try:
+            for ds in data:
+                notes[ds.name] = run_dataset(ds, classifiers, store, skips, options, device, throughput, dist,
+                                             formats)
+        except KeyboardInterrupt:
+            log.warning("interrupted: run the same command again to continue where it stopped")
+            raise
+        finally:
+            skips.close()
+
+        distributed.barrier()  # every rank's parts and skips are written
+        metrics = None
+        if dist.is_main:
+            skips.fold()
+            metrics = compute_metrics(store, data, classifiers, skips, notes)
+            store.write_json("metrics.json", metrics)
+            # images/s of this invocation's prediction loops (decode + preprocess + forward + writes)
+            info.update(end_time=now_iso(), status="complete", throughput=throughput)
+            store.write_json("run.json", info)
+        metrics = distributed.broadcast_object(metrics)
+    finally:
+        lock.release()
+        if owns_group and dist.distributed:
+            distributed.cleanup()
+    return EvaluationResult(store.root, metrics, data, [c.name for c in classifiers],
+                            [c.name for c in classifiers if not c.pretrained], info["options"], dist.is_main)
+
+
+def compute_metrics(
+    store: RunStore, data: Sequence[ImageDataset], classifiers: Sequence[Classifier], skips: SkipLog,
+    notes: dict[str, list[str]],
+) -> dict[str, Any]:
+    """metrics.json: per dataset, its size, skipped images, notes and :func:`metrics.dataset_metrics`."""
+    out: dict[str, Any] = {"datasets": {}, "skipped_images": 0}
+    for ds in data:
+        reasons = skips.reasons(ds.name)
+        entry: dict[str, Any] = {
+            "kind": ds.kind, "root": str(ds.root.resolve()), "n_classes": len(ds.classes),
+            "classes_present": ds.classes_present, "n_files": len(ds),
+            "skipped": {"count": len(reasons), "by_error": dict(Counter(r.split(":", 1)[0] for r in reasons))},
+        }
+        final = store.final_path(ds.name)
+        if final.is_file():
+            df = store.read_predictions(ds.name)
+            names = [c.name for c in classifiers if top_column(c.name) in df.columns]
+            entry.update(dataset_metrics(df, ds.classes.names, ds.classes.imagenet_indices, models=names))
+        entry["notes"] = list(notes.get(ds.name, []))
+        out["datasets"][ds.name] = entry
+        out["skipped_images"] += len(reasons)
+    return out
+
+
+def _settings(specs: Sequence[ModelSpec], data: Sequence[ImageDataset], options: EvaluateOptions) -> dict[str, Any]:
+    """What the stored predictions depend on; a resumed run must match it exactly."""
+    settings: dict[str, Any] = {
+        "version": SETTINGS_VERSION,
+        "models": [s.name if s.path is None else f"{s.name} ({s.path.resolve()})" for s in specs],
+        "datasets": [
+            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), "classes": ds.classes.key}
+            for ds in data
+        ],
+        "limit_per_class": options.limit_per_class,
+        # prompts only matter to CLIP models
+        "templates": _templates_identity(options.templates) if any(s.family != "torchvision" for s in specs) else None,
+    }
+    # Only when not the default, so run directories made before these options existed still resume.
+    if options.decode != "cpu":
+        settings["decode"] = options.decode
+    if parse_dtype(options.precision) != "fp32":
+        settings["precision"] = parse_dtype(options.precision)
+    return settings
+
+
+def _templates_identity(templates: str) -> str:
+    path = Path(templates)
+    if templates not in ("single", "openai") and path.is_file():
+        import hashlib
+
+        return f"{path.name}#{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return templates
+
+
+def _run_info(
+    options: EvaluateOptions, settings: dict[str, Any], classifiers: Sequence[Classifier],
+    data: Sequence[ImageDataset], device: torch.device, started: str, previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    from clipcompare.models.hashing import weights_fingerprint
+
+    models = [
+        {"name": c.name, "family": c.spec.family, "pretrained": c.pretrained,
+         "weights_file": c.loaded.weights_file, "fingerprint": weights_fingerprint(c.model),
+         "build": c.loaded.build.to_dict() if c.loaded.build is not None else None}
+        for c in classifiers
+    ]
+    if previous is not None:
+        old = {m["name"]: (m.get("fingerprint"), m.get("build")) for m in previous.get("models", [])}
+        # the build (activation, preprocessing) as JSON reads it back, so tuples compare equal to lists
+        changed = [m["name"] for m in models if old.get(m["name"], (None, None)) not in (
+            (None, None), (m["fingerprint"], None), (m["fingerprint"], json.loads(json.dumps(m["build"]))))]
+        if changed:
+            raise UserError(
+                f"the weights or build (activation, preprocessing) of {', '.join(changed)} differ from those "
+                f"{options.out} was started with; use a new --out"
+            )
+    return {
+        "command": list(options.command),
+        "settings": settings,
+        "models": models,
+        "datasets": [
+            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), "files": len(ds),
+             "classes": len(ds.classes), "classes_present": ds.classes_present}
+            for ds in data
+        ],
+        "options": {"batch_size": options.batch_size, "workers": options.workers, "device": str(device),
+                    "channels_last": options.channels_last, "templates": options.templates},
+        "versions": versions(),
+        "start_time": (previous or {}).get("start_time", started),
+        "resumed_at": (previous or {}).get("resumed_at", []) + ([started] if previous else []),
+        "end_time": None,
+        "status": "running",
+    }
