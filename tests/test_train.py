@@ -209,23 +209,122 @@ def test_resume_after_sigkill_is_bitwise_identical(coco, tmp_path, capsys):
     assert [s["loss"] for s in steps_a] == [s["loss"] for s in steps_b]
 
 
-def test_torchrun_two_processes_gloo(coco, tmp_path):
-    out = tmp_path / "ddp"
+def _ddp_args(coco: Path, out: Path) -> list[str]:
+    """A 2-epoch training run: 40 images / 2 processes / 8 per batch = 2 steps per epoch, checkpoint every step."""
+    return ["train", "--coco", str(coco), "--train-size", "40", "--val-size", "16", "--epochs", "2",
+            "--batch-size", "8", "--warmup", "1", "--save-every", "1", "--image-model", "resnet18",
+            "--text-model", "clip:tiny-ViT", "--image-size", "32", "--allow-random", "--workers", "0",
+            "--out", str(out)]
+
+
+def _torchrun(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "clipcompare", "train", "--coco", str(coco), "--train-size", "40", "--val-size", "16",
-           "--epochs", "1", "--batch-size", "8", "--warmup", "1", "--image-model", "resnet18",
-           "--text-model", "clip:tiny-ViT", "--image-size", "32", "--allow-random", "--workers", "0",
-           "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"}, timeout=600)
+           "-m", "clipcompare", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1", **(env or {})},
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(coco, tmp_path_factory) -> Path:
+    """An uninterrupted 2-process gloo run."""
+    out = tmp_path_factory.mktemp("ddp") / "whole"
+    res = _torchrun(_ddp_args(coco, out))
     assert res.returncode == 0, res.stderr[-3000:]
-    run = json.loads((out / "run.json").read_text())
-    assert run["world_size"] == 2 and run["finished"]
-    # 40 images / 2 processes / 8 per batch = 2 steps, each seeing 16 images, logged once
-    steps = _lines(out / "log" / "steps.jsonl")
-    assert [s["step"] for s in steps] == [1, 2]
-    assert len(_lines(out / "log" / "epochs.jsonl")) == 1
     assert res.stdout.count("parameters: trainable") == 1
-    assert (out / "checkpoints" / "latest.pt").is_file() and (out / "retrieval.json").is_file()
+    return out
+
+
+def test_torchrun_two_processes_gloo(ddp_run):
+    run = json.loads((ddp_run / "run.json").read_text())
+    assert run["world_size"] == 2 and run["finished"]
+    # 2 steps per epoch, each seeing 16 images, logged once
+    steps = _lines(ddp_run / "log" / "steps.jsonl")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert len(_lines(ddp_run / "log" / "epochs.jsonl")) == 2
+    assert (ddp_run / "checkpoints" / "latest.pt").is_file() and (ddp_run / "retrieval.json").is_file()
+
+
+def test_torchrun_run_killed_and_resumed_is_bitwise_identical(coco, ddp_run, tmp_path, capsys):
+    """Both processes SIGKILLed after step 3 (epoch 1, step 1); resumed by torchrun with the same N, the
+    run ends with the uninterrupted run's weights and losses. Another N is refused with one line."""
+    from clipcompare.train.loop import KILL_ENV
+
+    killed = tmp_path / "killed"
+    res = _torchrun(_ddp_args(coco, killed), env={KILL_ENV: "3"})
+    assert res.returncode != 0
+    state = torch.load(killed / "checkpoints" / "latest.pt", weights_only=True)["training"]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 3)
+    code, _, err = _main(capsys, *_ddp_args(coco, killed), "--resume")  # one process, not two
+    assert code == 2 and err.count("\n") == 1 and "trained by 2 process(es), this job has 1" in err
+    res = _torchrun([*_ddp_args(coco, killed), "--resume"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(ddp_run / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "latest.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    steps_a, steps_b = _lines(ddp_run / "log" / "steps.jsonl"), _lines(killed / "log" / "steps.jsonl")
+    assert [s["step"] for s in steps_b] == [1, 2, 3, 4]
+    assert [s["loss"] for s in steps_a] == [s["loss"] for s in steps_b]
+    assert json.loads((killed / "run.json").read_text())["resumed"]
+
+
+def _trainer(precision: str = "fp32", accum_freq: int = 1, seed: int = 0):
+    """A Trainer on a backbone without batch statistics (conv, ReLU, pool): 8 images, 8 cached captions."""
+    import numpy as np
+    from open_clip.loss import ClipLoss
+    from torch import nn
+
+    from clipcompare.train.distributed import DistInfo
+    from clipcompare.train.loop import Trainer
+    from clipcompare.train.model import ContrastiveModel, ImageTower
+
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = ContrastiveModel(ImageTower(backbone, 8, 6), nn.Identity(), False)
+    text = torch.nn.functional.normalize(torch.randn(8, 6), dim=-1)
+    return Trainer(model, model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5),
+                   torch.amp.GradScaler("cpu", enabled=False), lambda step: 0.5, ClipLoss(), text,
+                   np.arange(8), torch.device("cpu"), DistInfo(), precision=precision, accum_freq=accum_freq)
+
+
+def test_accumulated_step_equals_one_big_batch():
+    """--accum-freq 2 with 4 images each makes the update of one batch of 8 (open_clip's feature caching:
+    the contrastive batch is the whole step), unlike two separate 4-image losses would."""
+    import numpy as np
+
+    pixels = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    captions = np.zeros(8, dtype=np.int64)  # image i uses caption offset[i] + 0 = i
+    before = {k: v.clone() for k, v in _trainer().model.state_dict().items()}
+    whole, accum, halves = _trainer(), _trainer(accum_freq=2), _trainer()
+    out_whole = whole.step([(torch.arange(8), pixels)], captions, 0)
+    out_accum = accum.step([(torch.arange(4), pixels[:4]), (torch.arange(4, 8), pixels[4:])], captions, 0)
+    halves.step([(torch.arange(4), pixels[:4])], captions, 0)  # what accumulating per-micro-batch losses
+    halves.step([(torch.arange(4, 8), pixels[4:])], captions, 1)  # would train instead
+    assert out_whole["images"] == out_accum["images"] == 8
+    assert out_accum["loss"] == pytest.approx(out_whole["loss"], abs=1e-6)
+    a, b, c = whole.model.state_dict(), accum.model.state_dict(), halves.model.state_dict()
+    assert any(not torch.equal(a[k], before[k]) for k in a)  # the step changed the weights
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
+
+
+def test_bf16_step_on_cpu_follows_fp32():
+    """A bf16-autocast step (the CPU path of --precision bf16) gives the fp32 loss to bf16 accuracy
+    and keeps fp32 master weights."""
+    import numpy as np
+
+    pixels = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    captions = np.zeros(8, dtype=np.int64)
+    fp32, bf16 = _trainer(), _trainer("bf16")
+    before = {k: v.clone() for k, v in fp32.model.state_dict().items()}
+    l32 = fp32.step([(torch.arange(8), pixels)], captions, 0)["loss"]
+    l16 = bf16.step([(torch.arange(8), pixels)], captions, 0)["loss"]
+    assert l16 == pytest.approx(l32, rel=1e-2) and l16 != l32
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    a, b = fp32.model.state_dict(), bf16.model.state_dict()
+    for k in a:  # each tensor's update within 5% of the fp32 update (bf16 keeps ~3 significant digits)
+        da, db = a[k] - before[k], b[k] - before[k]
+        assert (da - db).norm() <= 0.05 * da.norm(), k
 
 
 def test_bad_inputs_exit_2_with_one_line(coco, tmp_path, capsys):

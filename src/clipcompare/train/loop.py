@@ -4,7 +4,10 @@ A step draws ``accum_freq`` micro-batches of ``batch_size`` images, pairs each i
 its captions' cached text embeddings, and minimises open_clip's ``ClipLoss`` (features gathered
 across processes under torchrun). With ``accum_freq > 1`` it does what open_clip's trainer does:
 features of every micro-batch first (no grad), then each micro-batch again with grad against the
-whole step's features, so the contrastive batch is the full ``batch_size × accum_freq``.
+whole step's features, so the contrastive batch is the full ``batch_size × accum_freq``. Unlike
+open_clip, the temperature takes its gradient from one of those passes, not from each: the step's
+update then equals one batch of ``batch_size × accum_freq`` (for a backbone without batch statistics;
+BatchNorm sees micro-batches), which a test checks.
 
 Which caption: in epoch ``e`` image ``i`` uses caption ``c[i]`` where
 ``c = numpy.random.default_rng([seed, e, 1]).integers(0, 5, n_images)``; the image order is
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipcompare.train.distributed import DistInfo, mean_over_processes, min_over_processes
+from clipcompare.train.distributed import DistInfo, barrier, mean_over_processes, min_over_processes
 from clipcompare.train.model import ContrastiveModel, Normalize
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,11 @@ class Trainer:
                     sync = self.forward.no_sync()
                 with sync, autocast(self.device, self.precision):
                     feats, _, scale = self.forward(x)
+                    if j < len(images) - 1:
+                        # every pass computes the whole step's loss, so the temperature would get its
+                        # gradient accum_freq times (open_clip's trainer does); the features' passes
+                        # each add their own share, which sums to the full batch's gradient
+                        scale = scale.detach()
                     all_feats = torch.cat(cached[:j] + [feats] + cached[j + 1:])
                     loss = self.loss_fn(all_feats, all_text, scale)
                 self.scaler.scale(loss).backward()
@@ -149,6 +157,9 @@ def run_epoch(trainer: Trainer, source, *, epoch: int, start_step: int, global_s
         tick = now
         bar.update(1)
         if kill_at and global_step == kill_at:
+            # under torchrun every process dies after the main one has saved this step, as a
+            # whole-job kill would catch them; without the barrier one rank's death races the save
+            barrier()
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     return global_step

@@ -56,8 +56,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_run_dir(config: TrainConfig) -> dict[str, Any] | None:
-    """The stored run.json when resuming with the same settings; UserError for any mismatch."""
+def check_run_dir(config: TrainConfig, world_size: int = 1) -> dict[str, Any] | None:
+    """The stored run.json when resuming with the same settings and number of processes; UserError
+    for any mismatch."""
     out = config.out_dir
     run_json = out / "run.json"
     if out.exists() and not out.is_dir():
@@ -77,6 +78,12 @@ def check_run_dir(config: TrainConfig) -> dict[str, Any] | None:
         raise UserError(f"cannot read {run_json}: {exc}") from None
     if old != config.identity():
         raise UserError(f"--resume: settings differ from the run in {out} ({difference(old, config.identity())})")
+    before = stored.get("world_size", 1)
+    if before != world_size:
+        # each process's share of an epoch, the images per step and the learning-rate schedule's
+        # length all depend on it: a checkpoint's step means another point of another run
+        raise UserError(f"--resume: {out} was trained by {before} process(es), this job has {world_size}; resume "
+                        f"it with {before} (torchrun --nproc_per_node × --nnodes) or choose a new --out")
     return stored
 
 
@@ -200,7 +207,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
 
     if not dist.is_main:  # one voice under torchrun
         announce = log.debug
-    stored = check_run_dir(config)
+    stored = check_run_dir(config, dist.world_size)
     D.barrier()  # every process has checked the directory before the main one writes into it
     out = config.out_dir
     device = dist.device
