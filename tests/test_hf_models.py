@@ -297,3 +297,28 @@ def test_hf_hub_config_without_weights(hf_cache):
     loaded = load_model(parse_spec(f"clip:hf-hub:{REPO}"), allow_random=True)
     assert not loaded.pretrained and loaded.build.activation == "QuickGELU"
     assert loaded.build.mean == tuple(PREPROCESS_CFG["mean"])
+
+
+def test_local_dir_as_train_text_model(tmp_path):
+    """train's frozen text tower may come from a folder; its checkpoint loads back (trained=PATH) with those weights."""
+    from clipcompare.data.synthetic import make_coco
+    from clipcompare.train.config import TrainConfig
+    from clipcompare.train.main import train
+    from clipcompare.train.model import load_trained
+
+    state = _tiny_state(seed=3)
+    folder = _write_model_files(tmp_path / "text-clip", state)
+    coco = make_coco(tmp_path / "coco", 20, 10, seed=0)
+    out = tmp_path / "run"
+    config = TrainConfig(out=str(out), coco=str(coco), train_size=20, val_size=10, epochs=1, batch_size=10,
+                         image_model="resnet18", text_model=f"clip:local-dir:{folder}", image_size=32,
+                         allow_random=True, workers=0, seed=0)
+    train(config, command=["test"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["random_weights"] == ["resnet18:IMAGENET1K_V1"]  # the folder's text weights were loaded
+    model = load_trained(out / "checkpoints" / "latest.pt")
+    ref = open_clip.create_model(f"local-dir:{folder}").eval()
+    tokens = model.tokenizer(["a photo of a dog.", "a cat"])
+    with torch.no_grad():
+        got, want = model.encode_text(tokens, normalize=True), ref.encode_text(tokens, normalize=True)
+    assert (got - want).abs().max() < 1e-6  # same weights and QuickGELU (GELU: 3.7e-3 apart)

@@ -519,7 +519,7 @@ def _missing_clip_weights(spec: ModelSpec, cfg: dict) -> MissingWeightsError:
 
 
 @contextmanager
-def _hf_hub_offline() -> Iterator[None]:
+def hf_hub_offline() -> Iterator[None]:
     """Keep huggingface_hub off the network while open_clip reads files we found in its cache.
 
     huggingface_hub reads HF_HUB_OFFLINE once, at import; without it every file open_clip asks for
@@ -593,7 +593,7 @@ def _load_schema_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedM
         missing = err.filename
     name = spec.arch  # open_clip's own name for it: hf-hub:ORG/REPO or local-dir:/abs/folder
     try:
-        with _hf_hub_offline():
+        with hf_hub_offline():
             quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
             model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=weights_file is not None)
             tokenizer = open_clip.get_tokenizer(name)
