@@ -139,6 +139,8 @@ def test_parse_local_dir_resolves_relative_paths(tmp_path, monkeypatch):
     ("clip:local-dir:/no/such/folder@tag", "takes no @TAG or =FILE"),
     ("clip:hf-hub:just-a-name", "not a Hugging Face repo id"),
     ("clip:hf-hub:a/b/c", "not a Hugging Face repo id"),
+    ("clip:hf-hub:-org/repo.", "not a Hugging Face repo id"),
+    ("clip:hf-hub:org/re--po", "not a Hugging Face repo id"),
 ])
 def test_parse_refusals_are_one_line(bad, says):
     with pytest.raises(UserError) as err:

@@ -141,8 +141,15 @@ def _schema_spec(text: str, schema: str, ident: str) -> ModelSpec:
         return ModelSpec("clip", f"local-dir:{folder.resolve()}")
     if "=" in ident or "@" in ident:
         raise UserError(refused)
-    if not _HF_REPO.match(ident) or ".." in ident or "--" in ident:
-        raise UserError(f"model spec {text!r}: {ident!r} is not a Hugging Face repo id; expected {form}")
+    bad = f"model spec {text!r}: {ident!r} is not a Hugging Face repo id; expected {form}"
+    if not _HF_REPO.match(ident):
+        raise UserError(bad)
+    from huggingface_hub.utils import validate_repo_id  # the hub's own rules (no leading '-', no '--', ...)
+
+    try:
+        validate_repo_id(ident)
+    except ValueError as exc:
+        raise UserError(f"{bad} ({str(exc).splitlines()[0]})") from None
     return ModelSpec("clip", f"hf-hub:{ident}")
 
 
