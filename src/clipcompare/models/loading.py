@@ -5,6 +5,8 @@ are downloaded by torchvision/open_clip; local files are loaded directly. When w
 cached nor downloadable, :class:`MissingWeightsError` names the file, where it comes from and
 where to put it. With ``allow_random=True`` the architecture is built with random weights instead
 (``LoadedModel.pretrained`` is then False), which is what ``inspect`` and the tests use.
+open_clip's own ``hf-hub:ORG/REPO`` and ``local-dir:PATH`` names (``clip:hf-hub:...``) are built by
+open_clip's factory from their open_clip_config.json, from the Hugging Face cache or the folder only.
 """
 
 from __future__ import annotations
