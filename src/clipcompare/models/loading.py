@@ -5,6 +5,8 @@ are downloaded by torchvision/open_clip; local files are loaded directly. When w
 cached nor downloadable, :class:`MissingWeightsError` names the file, where it comes from and
 where to put it. With ``allow_random=True`` the architecture is built with random weights instead
 (``LoadedModel.pretrained`` is then False), which is what ``inspect`` and the tests use.
+open_clip's own ``hf-hub:ORG/REPO`` and ``local-dir:PATH`` names (``clip:hf-hub:...``) are built by
+open_clip's factory from their open_clip_config.json, from the Hugging Face cache or the folder only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import socket
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -111,7 +115,12 @@ class _DropOpenClipRandomInitWarning(logging.Filter):
     whenever we build an architecture on purpose; our own warning already says why, and better."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No pretrained weights loaded for model")
+        return not str(record.msg).startswith(_OPEN_CLIP_RANDOM_INIT_NOTES)
+
+
+# ... and for hf-hub:/local-dir: names, its notes that the repo/folder has no weights (we said so already)
+_OPEN_CLIP_RANDOM_INIT_NOTES = ("No pretrained weights loaded for model", "Local config loaded, but no CLIP weights",
+                                "Could not find/download default weights on HF Hub")
 
 
 logging.getLogger().addFilter(_DropOpenClipRandomInitWarning())
@@ -386,6 +395,17 @@ def _clip_build_info(plan: _ClipPlan, model: nn.Module, pretrained: bool) -> Bui
     )
 
 
+def _hf_cached(repo: str, names: list[str]) -> str | None:
+    """The first of ``names`` that the Hugging Face cache holds for ``repo`` (main), without any network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
 def _cached_clip_file(cfg: dict) -> str | None:
     """A tag's weights already on disk: ~/.cache/clip/<name>.pt (OpenAI's clip package and
     open_clip's URL downloads) or the Hugging Face cache, looked up without any network."""
@@ -396,14 +416,10 @@ def _cached_clip_file(cfg: dict) -> str | None:
             return str(candidate)
     hub = cfg.get("hf_hub", "")
     if hub:
-        from huggingface_hub import try_to_load_from_cache
         from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
         repo, filename = os.path.split(hub)
-        for name in ([filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]):
-            found = try_to_load_from_cache(repo, name)
-            if isinstance(found, str):
-                return found
+        return _hf_cached(repo, [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME])
     return None
 
 
@@ -426,6 +442,8 @@ def load_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
     """open_clip model + preprocess + tokenizer, built as :func:`_plan_clip_build` decides."""
     import open_clip
 
+    if spec.schema is not None:
+        return _load_schema_clip(spec, allow_random=allow_random)
     arch, suffix = _clip_arch(spec)
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if spec.tag is not None and spec.tag not in tags:
@@ -497,3 +515,96 @@ def _missing_clip_weights(spec: ModelSpec, cfg: dict) -> MissingWeightsError:
         f"put it at {where} or pass clip:{spec.arch}=/path/{filename} (or --weights PATH)",
         filename,
     )
+
+
+# --------------------------------------------------------------------------- open_clip hf-hub: / local-dir:
+
+
+@contextmanager
+def hf_hub_offline() -> Iterator[None]:
+    """Keep huggingface_hub off the network while open_clip reads files we found in its cache.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import; without it every file open_clip asks for
+    (config, weights, tokenizer) first tries a HEAD request, which retries for ~23 s when offline.
+    """
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _local_dir_files(spec: ModelSpec, allow_random: bool) -> tuple[str, str, str | None]:
+    """(where, config file, weights file or None) of a ``local-dir:`` folder."""
+    from open_clip.constants import HF_CONFIG_NAME
+    from open_clip.factory import _find_checkpoint_in_dir  # the file open_clip itself will load
+
+    folder = Path(spec.source)
+    if not folder.is_dir():
+        raise UserError(f"{spec.name}: folder not found: {folder}")
+    config = folder / HF_CONFIG_NAME
+    if not config.is_file():
+        raise MissingWeightsError(
+            f"{spec.name}: {folder} has no {HF_CONFIG_NAME} (open_clip's model_cfg and preprocess_cfg)"
+            + ("; --allow-random cannot stand in: even random weights need the config" if allow_random else ""),
+            HF_CONFIG_NAME)
+    return str(folder), str(config), _find_checkpoint_in_dir(folder)
+
+
+def _hf_hub_files(spec: ModelSpec, allow_random: bool) -> tuple[str, str, str | None]:
+    """(where, config file, weights file or None) of an ``hf-hub:`` repo, from the local cache only."""
+    from huggingface_hub import constants
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo = spec.source
+    config = _hf_cached(repo, [HF_CONFIG_NAME])
+    if config is None:
+        raise MissingWeightsError(
+            f"{spec.name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}): need {HF_CONFIG_NAME} and "
+            f"{HF_SAFE_WEIGHTS_NAME} (or {HF_WEIGHTS_NAME}) of {repo}; fetch them with `hf download {repo}` "
+            "(or huggingface-cli download) where there is network, into the cache HF_HOME / HF_HUB_CACHE name"
+            + ("; --allow-random cannot stand in: even random weights need the config" if allow_random else ""),
+            HF_CONFIG_NAME)
+    # open_clip takes the safetensors file when there is one (pretrained._get_safe_alternatives)
+    weights = _hf_cached(repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME])
+    return f"hf-hub:{repo} (cached snapshot {Path(config).parent.name[:12]})", config, weights
+
+
+def _load_schema_clip(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
+    """``clip:hf-hub:ORG/REPO`` / ``clip:local-dir:PATH``: built by open_clip's own factory from the
+    repo's/folder's open_clip_config.json (architecture, quick_gelu, preprocess_cfg) and weights."""
+    import open_clip
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if spec.tag is not None or spec.path is not None:
+        raise UserError(f"{spec.name}: the {'repo' if spec.schema == 'hf-hub' else 'folder'} holds its own weights; "
+                        "a weights file (=FILE, --weights) or @TAG makes no sense with it")
+    files = _hf_hub_files if spec.schema == "hf-hub" else _local_dir_files
+    where, config, weights_file = files(spec, allow_random)
+    missing: str | None = None
+    if weights_file is None:
+        err = MissingWeightsError(
+            f"weights for {spec.name} not found: {where} has {HF_CONFIG_NAME} but neither {HF_SAFE_WEIGHTS_NAME} "
+            f"nor {HF_WEIGHTS_NAME}"
+            + (f"; fetch them with `hf download {spec.source}`" if spec.schema == "hf-hub" else "; put one beside it"),
+            HF_SAFE_WEIGHTS_NAME)
+        _fall_back_or_raise(err, allow_random)
+        missing = err.filename
+    name = spec.arch  # open_clip's own name for it: hf-hub:ORG/REPO or local-dir:/abs/folder
+    try:
+        with hf_hub_offline():
+            quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+            model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=weights_file is not None)
+            tokenizer = open_clip.get_tokenizer(name)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        # a malformed config, or weights that do not fit it: open_clip's first line says which
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{spec.name}: open_clip cannot build it from {config}: {first}") from None
+    plan = _ClipPlan(name, quick, f"{HF_CONFIG_NAME} of {where}: quick_gelu {str(quick).lower()}", {},
+                     f"preprocess_cfg in {HF_CONFIG_NAME} of {where}")
+    pretrained = weights_file is not None
+    return LoadedModel(spec, model, preprocess, tokenizer, pretrained=pretrained, weights_file=weights_file,
+                       missing_weights=missing, build=_clip_build_info(plan, model, pretrained))

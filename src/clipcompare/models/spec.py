@@ -15,7 +15,16 @@ Grammar::
                                   a local file holding that tag's weights: the tag's activation
                                   and preprocessing
     clip:RN50-gelu=/path/file     a local file trained with plain GELU (``-quickgelu``: QuickGELU)
+    clip:hf-hub:ORG/REPO          open_clip's Hugging Face form: the repo's open_clip_config.json and
+                                  weights, read from the local Hugging Face cache only
+    clip:local-dir:PATH           open_clip's folder form: PATH (relative: from the working directory)
+                                  holds open_clip_config.json and open_clip_model.safetensors (or
+                                  open_clip_pytorch_model.bin)
     trained=/path/run/checkpoints/best.pt   a ``clipcompare train`` checkpoint (CLIP-like: zero-shot)
+
+The two open_clip forms carry their own config, preprocessing and weights, so ``@TAG`` and
+``=FILE`` are refused with them. ``arch`` holds the name open_clip is given (``hf-hub:ORG/REPO``,
+``local-dir:/absolute/path``); the display name of a folder is ``clip:local-dir:<folder name>``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ DEFAULT_MODELS: tuple[str, ...] = ("resnet50", "clip:RN50")
 DEFAULT_CLIP_TAG = "openai"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+# open_clip's model-name schemas (open_clip.factory.parse_model_name)
+OPEN_CLIP_SCHEMAS: tuple[str, ...] = ("hf-hub", "local-dir")
+_HF_REPO = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
 
 
 @dataclass(frozen=True)
@@ -47,13 +59,27 @@ class ModelSpec:
     path: Path | None = None
 
     @property
+    def schema(self) -> str | None:
+        """``hf-hub`` or ``local-dir`` for open_clip's schema'd names, else None."""
+        head, sep, _ = self.arch.partition(":")
+        return head if self.family == "clip" and sep and head in OPEN_CLIP_SCHEMAS else None
+
+    @property
+    def source(self) -> str:
+        """What follows the schema: ``ORG/REPO`` or the absolute folder (the arch when no schema)."""
+        return self.arch.partition(":")[2] if self.schema else self.arch
+
+    @property
     def name(self) -> str:
         """Canonical display name, e.g. ``resnet50:IMAGENET1K_V1`` or ``clip:RN50@openai``."""
         if self.family == "trained" and self.path is not None:
             # the run directory names a checkpoint better than "best.pt" alone
             run = self.path.parent.parent.name if self.path.parent.name == "checkpoints" else self.path.parent.name
             return f"trained={run}/{self.path.name}" if run else f"trained={self.path.name}"
-        if self.family == "clip":
+        if self.schema == "local-dir":
+            # the folder's name, as a file's name stands for it in NAME=FILE; the full path is the weights_file
+            base = f"clip:local-dir:{Path(self.source).name or self.source}"
+        elif self.family == "clip":
             base = f"clip:{self.arch}" + (f"@{self.tag}" if self.tag else "")
         else:
             base = f"{self.arch}:{self.tag}" if self.tag else self.arch
@@ -68,6 +94,10 @@ def parse_spec(text: str) -> ModelSpec:
     raw = text.strip()
     if not raw:
         raise UserError("empty model spec")
+    for schema in OPEN_CLIP_SCHEMAS:
+        # before splitting on '=': a folder's path may hold one
+        if raw.startswith(f"clip:{schema}:"):
+            return _schema_spec(text, schema, raw[len(f"clip:{schema}:"):])
     path: Path | None = None
     if "=" in raw:
         raw, _, file = raw.partition("=")
@@ -94,6 +124,33 @@ def parse_spec(text: str) -> ModelSpec:
     if tag:
         _check_name(tag, text)
     return ModelSpec("torchvision", arch, tag=(tag or (None if path else DEFAULT_TORCHVISION_WEIGHTS)), path=path)
+
+
+def _schema_spec(text: str, schema: str, ident: str) -> ModelSpec:
+    """``clip:hf-hub:ORG/REPO`` or ``clip:local-dir:PATH`` (resolved to an absolute folder)."""
+    form, holder = ("clip:hf-hub:ORG/REPO", "repo") if schema == "hf-hub" else ("clip:local-dir:PATH", "folder")
+    if not ident:
+        raise UserError(f"model spec {text!r}: nothing after '{schema}:'; expected {form}")
+    refused = (f"model spec {text!r}: {form} takes no @TAG or =FILE; the {holder}'s open_clip_config.json "
+               f"and weights say what to build and load")
+    if schema == "local-dir":
+        folder = Path(ident).expanduser()
+        # '@' and '=' may be part of a real folder's name; only a path that is no folder is refused for them
+        if ("=" in ident or "@" in ident) and not folder.is_dir():
+            raise UserError(f"{refused} (and there is no folder {ident!r})")
+        return ModelSpec("clip", f"local-dir:{folder.resolve()}")
+    if "=" in ident or "@" in ident:
+        raise UserError(refused)
+    bad = f"model spec {text!r}: {ident!r} is not a Hugging Face repo id; expected {form}"
+    if not _HF_REPO.match(ident):
+        raise UserError(bad)
+    from huggingface_hub.utils import validate_repo_id  # the hub's own rules (no leading '-', no '--', ...)
+
+    try:
+        validate_repo_id(ident)
+    except ValueError as exc:
+        raise UserError(f"{bad} ({str(exc).splitlines()[0]})") from None
+    return ModelSpec("clip", f"hf-hub:{ident}")
 
 
 def _check_name(name: str, text: str) -> None:

@@ -260,7 +260,7 @@ def load_trained(path: Path | str, *, device: str | torch.device = "cpu") -> Con
     import open_clip
     from torchvision import models
 
-    from clipcompare.models.loading import register_tiny_configs
+    from clipcompare.models.loading import hf_hub_offline, register_tiny_configs
     from clipcompare.models.spec import parse_spec
 
     ckpt = read_checkpoint(Path(path))
@@ -268,8 +268,10 @@ def load_trained(path: Path | str, *, device: str | torch.device = "cpu") -> Con
     register_tiny_configs()
     arch = parse_spec(config.text_model).arch
     backbone = models.get_model(parse_spec(config.image_model).arch, weights=None)
-    clip = open_clip.create_model(arch, force_quick_gelu=bool(ckpt["quick_gelu"]))
-    tokenizer = open_clip.get_tokenizer(arch)
+    # the checkpoint holds every weight: an hf-hub:/local-dir: text model only lends its config (and tokenizer)
+    with hf_hub_offline():
+        clip = open_clip.create_model(arch, force_quick_gelu=bool(ckpt["quick_gelu"]), load_weights=False)
+        tokenizer = open_clip.get_tokenizer(arch)
     model = assemble(backbone, clip, tokenizer, config)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
