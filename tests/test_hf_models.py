@@ -324,3 +324,14 @@ def test_local_dir_as_train_text_model(tmp_path):
     with torch.no_grad():
         got, want = model.encode_text(tokens, normalize=True), ref.encode_text(tokens, normalize=True)
     assert (got - want).abs().max() < 1e-6  # same weights and QuickGELU (GELU: 3.7e-3 apart)
+
+
+def test_train_config_stores_a_local_dir_text_model_absolute(tmp_path, monkeypatch):
+    """A trained checkpoint rebuilds its text tower from the folder's config, from any working directory."""
+    from clipcompare.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(out="run", text_model="clip:local-dir:models/mine")
+    assert config.text_model == f"clip:local-dir:{tmp_path / 'models' / 'mine'}"
+    assert TrainConfig.from_dict(config.as_dict()) == config
+    assert TrainConfig(out="run", text_model="clip:ViT-B-32").text_model == "clip:ViT-B-32"

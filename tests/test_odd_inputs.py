@@ -205,3 +205,22 @@ def test_out_that_is_a_file_is_one_line_exit_2(tmp_path, capsys, command):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a directory" in err[0]
     assert out.read_text() == "earlier results\n"
+
+
+def test_a_model_given_twice_or_two_files_of_one_name_exit_2(tmp_path, capsys):
+    """Before any model loads: the same spec twice, and two different files whose display names clash."""
+    data = make_image_folder(tmp_path / "d", ["n01440764"], per_class=1)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "w.pth").write_bytes(b"")
+    cases = {
+        ("resnet18", "resnet18"): "the same model is given twice: resnet18",
+        (f"resnet18={tmp_path / 'a' / 'w.pth'}", f"resnet18={tmp_path / 'b' / 'w.pth'}"):
+            "two models would both be called resnet18=w.pth",
+    }
+    for models, expected in cases.items():
+        args = ["evaluate", "-d", f"imagenet={data}", "--out", str(tmp_path / "out"), "--allow-random"]
+        code = main([*args, *(a for m in models for a in ("-m", m))])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+        assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -60,8 +60,14 @@ def evaluate(
     if not specs:
         raise UserError("no --model given")
     names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise UserError(f"the same model is given twice: {', '.join(names)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        clashing = {s for s in specs if s.name in twice}
+        if len(clashing) == len(twice):
+            raise UserError(f"the same model is given twice: {', '.join(twice)}")
+        # different files or folders with the same name: their columns and report rows would collide
+        raise UserError(f"two models would both be called {twice[0]} (different files or folders with the same "
+                        "name); rename one of them")
     if options.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if options.decode not in DECODE_PATHS:

@@ -62,6 +62,12 @@ class TrainConfig:
             raise UserError("--grad-clip must be positive")
         if self.warmup < 0 or self.save_every < 0 or self.workers < 0:
             raise UserError("--warmup, --save-every and --workers cannot be negative")
+        if self.text_model.startswith("clip:local-dir:"):
+            # stored absolute: the trained checkpoint rebuilds its text tower from that folder's config,
+            # whatever directory it is loaded from later
+            from clipcompare.models.spec import parse_spec
+
+            object.__setattr__(self, "text_model", f"clip:{parse_spec(self.text_model).arch}")
 
     @property
     def out_dir(self) -> Path:
