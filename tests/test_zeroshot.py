@@ -119,6 +119,7 @@ def test_model_identity_tells_activations_apart(tiny_clip):
     assert model_identity("m", gelu) != ident
     assert model_identity("other", same) != ident
 
+
 # ------------------------------------------------------------------ classify CLI
 
 
@@ -154,6 +155,28 @@ def test_raw_cosine_is_a_plain_softmax_of_cosines(image_folder, capsys, tiny_cli
     # with a logit scale > 1 the default distribution is sharper than the raw-cosine one
     assert raw[0]["prob"] < scaled[0]["prob"]
     assert sum(p["prob"] for p in raw) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_classify_a_folder_is_its_image_files_in_batches(image_folder, tmp_path, capsys, monkeypatch):
+    """A folder stands for the image files directly in it (sorted); forwards in chunks give the same numbers."""
+    import clipcompare.classify as cl
+
+    folder = sorted(p.parent for p in image_folder.rglob("*.JPEG"))[0]
+    files = sorted(folder.glob("*.JPEG"))
+    (folder / "notes.txt").write_text("not an image")  # not an image extension: left out
+    args = ["--labels", ",".join(NAMES), "--top", str(len(NAMES)), "-m", "clip:tiny-RN-quickgelu"]
+    listed = _classify_json(capsys, *map(str, files), *args)
+    monkeypatch.setattr(cl, "BATCH", 1)
+    whole = _classify_json(capsys, str(folder), *args)
+    assert [r["path"] for r in whole["results"]] == [str(f) for f in files] and len(files) > 1
+    for a, b in zip(listed["results"], whole["results"]):
+        # every label's probability (random weights make near-ties, whose order a batch size may flip)
+        x, y = ({p["label"]: p["prob"] for p in r["predictions"]["clip:tiny-RN-quickgelu"]} for r in (a, b))
+        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], abs=1e-6) for k in x)
+    (tmp_path / "empty").mkdir()
+    assert main(["classify", str(tmp_path / "empty"), "--allow-random"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no image files" in err[0]
 
 
 def test_classify_bad_image_is_one_line(tmp_path, capsys):

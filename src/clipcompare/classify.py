@@ -1,4 +1,4 @@
-"""Zero-shot (CLIP) and supervised (ResNet-50) top-k classification of a few images."""
+"""Zero-shot (CLIP) and supervised (ResNet-50) top-k classification of images, or folders of them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Prediction:
     label: str
@@ -27,6 +28,26 @@ class Prediction:
 class ImageResult:
     path: str
     predictions: dict[str, list[Prediction]] = field(default_factory=dict)
+
+
+BATCH = 64  # images per forward: a folder of hundreds stays within memory
+
+
+def expand_paths(paths: Sequence[Path]) -> list[Path]:
+    """Image files as given, each folder replaced by the image files directly in it (sorted)."""
+    from clipcompare.data import IMAGE_EXTENSIONS, is_image_file
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q.name))
+            if not found:
+                raise UserError(f"{p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); for a dataset "
+                                "with class subfolders use `clipcompare evaluate -d folder=DIR`")
+            out += found
+        else:
+            out.append(p)
+    return out
 
 
 def open_images(paths: Sequence[Path]) -> list[Image.Image]:
@@ -61,14 +82,17 @@ def classify(
         if reason:
             notes.append(f"skipped {clf.name}: {reason}")
             continue
-        batch = torch.stack([clf.preprocess(im) for im in images]).to(clf.device, clf.dtype)
-        if raw_cosine and isinstance(clf, ClipClassifier):
-            scores = clf.cosine(batch, classes)
-        else:
-            scores = clf.logits(batch, classes)
-        probs = scores.float().softmax(dim=-1)
-        top = probs.topk(k, dim=-1)
-        for res, vals, idxs in zip(results, top.values.tolist(), top.indices.tolist()):
+        tops = []
+        for start in range(0, len(images), BATCH):
+            batch = torch.stack([clf.preprocess(im) for im in images[start:start + BATCH]]).to(clf.device, clf.dtype)
+            if raw_cosine and isinstance(clf, ClipClassifier):
+                scores = clf.cosine(batch, classes)
+            else:
+                scores = clf.logits(batch, classes)
+            tops.append(scores.float().softmax(dim=-1).topk(k, dim=-1))
+        values = torch.cat([t.values for t in tops]).tolist()
+        indices = torch.cat([t.indices for t in tops]).tolist()
+        for res, vals, idxs in zip(results, values, indices):
             res.predictions[clf.name] = [
                 Prediction(
                     classes.names[i], v,

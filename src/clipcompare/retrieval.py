@@ -201,7 +201,7 @@ def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
     from clipcompare.evaluation import resolve_device
     from clipcompare.fileio import atomic_write_bytes
     from clipcompare.models.hashing import model_identity
-    from clipcompare.models.loading import load_model
+    from clipcompare.models.loading import load_model, seeded_init
     from clipcompare.rundir import now_iso, versions
 
     check_retrieval_specs(specs)
@@ -217,8 +217,7 @@ def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
     if options.out is not None:
         options.out.mkdir(parents=True, exist_ok=True)
     for spec in specs:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # random inits (--allow-random) are the same on every run
+        with seeded_init():
             loaded = load_model(spec, allow_random=options.allow_random, device=device)
         model = loaded.model
         if not (hasattr(model, "encode_image") and hasattr(model, "encode_text") and loaded.tokenizer is not None):

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Classify images with CLIP zero-shot and, when every label is an ImageNet class, with the "
         "supervised model too (its 1000 logits restricted to those classes).",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="image files, or folders (the image files directly in them)")
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--labels", type=csv_list, help='comma-separated labels, e.g. "dog,cat,bald eagle"')
     labels.add_argument("--imagenet", action="store_true", help="the 1000 ImageNet classes (default)")
@@ -44,10 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clipcompare.classify import classify, open_images, results_to_dict
+    from clipcompare.classify import classify, expand_paths, open_images, results_to_dict
     from clipcompare.errors import UserError
     from clipcompare.imagenet.classes import SEED_LABELS
     from clipcompare.models.classifier import ClassSet, create_classifier
+    from clipcompare.models.loading import seeded_init
     from clipcompare.precision.support import DTYPES, dtype_support, parse_dtype
     from clipcompare.zeroshot import default_cache_dir
 
@@ -57,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     support = dtype_support(precision, "cuda" if str(args.device).startswith("cuda") else "cpu")
     if not support.supported:
         raise UserError(f"--precision {precision} on {args.device}: {support.note}")
+    args.images = expand_paths(args.images)
     open_images(args.images)  # fail on a bad image before minutes of model loading
     if args.labels:
         classes = ClassSet.from_labels(args.labels)
@@ -64,11 +67,11 @@ def _run(args: argparse.Namespace) -> int:
         classes = ClassSet.from_labels(SEED_LABELS)
     else:
         classes = ClassSet.imagenet()
-    classifiers = [
-        create_classifier(s, templates=args.templates, cache_dir=default_cache_dir(),
-                          allow_random=args.allow_random, device=args.device)
-        for s in model_specs(args)
-    ]
+    classifiers = []
+    for spec in model_specs(args):
+        with seeded_init():  # random weights (--allow-random): the same on every run, as evaluate's
+            classifiers.append(create_classifier(spec, templates=args.templates, cache_dir=default_cache_dir(),
+                                                 allow_random=args.allow_random, device=args.device))
     for clf in classifiers:
         clf.model.to(dtype=DTYPES[precision])
     results, notes = classify(classifiers, args.images, classes, top_k=args.top, raw_cosine=args.raw_cosine)

@@ -11,6 +11,7 @@ import torch
 from clipcompare.errors import UserError
 from clipcompare.evaluation.options import EvaluateOptions
 from clipcompare.models.classifier import Classifier, create_classifier
+from clipcompare.models.loading import seeded_init
 from clipcompare.models.spec import ModelSpec
 from clipcompare.precision.support import DTYPES, parse_dtype
 
@@ -37,8 +38,7 @@ def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, devic
     cache_dir = options.cache_dir or default_cache_dir()
     classifiers = []
     for spec in specs:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded_init():
             clf = create_classifier(
                 spec, templates=options.templates, cache_dir=cache_dir, allow_random=options.allow_random,
                 device=device,

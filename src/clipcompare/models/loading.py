@@ -139,6 +139,15 @@ def register_tiny_configs() -> None:
         _CONFIGS_REGISTERED = True
 
 
+@contextmanager
+def seeded_init(seed: int = 0) -> Iterator[None]:
+    """Random inits (``allow_random``) made inside are the same on every run, so a dry run is
+    reproducible and resumable; the caller's RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def load_model(spec: ModelSpec, *, allow_random: bool = False, device: str | torch.device = "cpu") -> LoadedModel:
     """Load either family; the single entry point the rest of the package uses."""
     loader = {"clip": load_clip, "trained": load_trained_checkpoint}.get(spec.family, load_torchvision)

@@ -21,6 +21,7 @@ from clipcompare.errors import UserError
 from clipcompare.imagenet.classes import SEED_LABELS
 from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier, create_classifier, wrap_loaded
 from clipcompare.models.inspect import image_tower
+from clipcompare.models.loading import seeded_init
 from clipcompare.models.spec import ModelSpec, parse_spec
 from clipcompare.precision.drift import DriftStats, prediction_drift
 from clipcompare.precision.images import generate_images, load_images
@@ -442,8 +443,8 @@ def evaluate(
         env = environment_info(config.device, threads)
         env["allocator"] = allocator
         for spec in specs:
-            torch.manual_seed(config.seed)  # random inits are the same from run to run
-            base = create_classifier(spec, templates=config.templates, allow_random=allow_random, device="cpu")
+            with seeded_init(config.seed):
+                base = create_classifier(spec, templates=config.templates, allow_random=allow_random, device="cpu")
             try:
                 results.append(evaluate_model(base, classes=classes, pil_images=pil_images, config=config,
                                               support=support, out_dir=out_dir))
