@@ -137,6 +137,34 @@ def test_device_decoder_batch_in_order_with_fallbacks_and_skips(tmp_path, monkey
         torch.testing.assert_close(batch.tensors[k][[1, 2]], ref[[1, 2]], rtol=0, atol=0)  # the CPU path: exact
 
 
+def test_cuda_decode_waits_for_the_current_stream(tmp_path, monkeypatch):
+    """pytorch/vision#9606: the CUDA decoder writes from a private stream that does not wait for the
+    current one, so the current stream is drained before every decode (batched, and one by one after
+    a refusal). CUDA stands in by its two calls here: the stream's synchronize and decode_jpeg."""
+    names = ["a.JPEG", "b.JPEG"]
+    for k, name in enumerate(names):
+        make_image(tmp_path / name, size=(64, 48), seed=k)
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("sync")
+
+    def decode(data, *args, device=None, **kwargs):
+        calls.append("decode")
+        if isinstance(data, list):
+            raise RuntimeError("nvjpeg: refused the batch")  # then one by one
+        return decode_jpeg(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr("torchvision.io.decode_jpeg", decode)
+    ds = EncodedImages(tmp_path, names, [])
+    decoder = DeviceDecoder(tmp_path, names, [], [], torch.device("cuda"))
+    images, slots = decoder._decode(collate_raw([ds[0], ds[1]]), [])
+    assert calls == ["sync", "decode"] * 3 and slots == [0, 1]
+    assert [tuple(im.shape) for im in images] == [(3, 48, 64)] * 2
+
+
 def test_evaluate_decode_gpu_on_cpu_matches_decode_cpu(tmp_path):
     data = make_image_folder(tmp_path / "d", WNIDS, per_class=3)
     make_image(data / WNIDS[0] / "zz.png", seed=50)

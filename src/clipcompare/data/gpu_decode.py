@@ -141,22 +141,31 @@ class DeviceDecoder:
 
     def _decode(self, raw: RawBatch, failures: list) -> tuple[list[torch.Tensor], list[int]]:
         """Decode the batch's JPEGs together; when that raises, one by one to find the rejected ones."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         if not raw.encoded:
             return [], []
         try:
-            return list(decode_jpeg(raw.encoded, mode=ImageReadMode.RGB, device=self.device)), list(raw.encoded_slots)
+            return list(self._decode_jpeg(raw.encoded)), list(raw.encoded_slots)
         except RuntimeError as exc:
             log.debug("batched JPEG decode failed (%s); decoding one by one", exc)
         images, slots = [], []
         for data, slot in zip(raw.encoded, raw.encoded_slots):
             try:
-                images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+                images.append(self._decode_jpeg(data))
                 slots.append(slot)
             except RuntimeError:
                 pass
         return images, slots
+
+    def _decode_jpeg(self, data: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        from torchvision import io
+
+        if self.device.type == "cuda":
+            # torchvision's CUDA decoder allocates its outputs on the current stream but writes them
+            # from a private stream that does not wait for it (pytorch/vision#9606): a block freed on
+            # this stream while queued kernels (the last batch's resize) still read it could be
+            # overwritten. Draining the stream first closes that; the decoder syncs its own anyway.
+            torch.cuda.current_stream(self.device).synchronize()
+        return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=self.device)
 
     def _cpu_path(self, raw: RawBatch, slots: list[int], failures: list) -> tuple[list[torch.Tensor], list[int]]:
         outs: list[tuple[torch.Tensor, ...]] = []
