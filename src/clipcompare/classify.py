@@ -71,9 +71,11 @@ def classify(
     *,
     top_k: int = 5,
     raw_cosine: bool = False,
+    images: Sequence[Image.Image] | None = None,
 ) -> tuple[list[ImageResult], list[str]]:
-    """Top-k predictions per image and model, plus notes (models skipped and why)."""
-    images = open_images(paths)
+    """Top-k predictions per image and model, plus notes (models skipped and why). ``images``: the
+    decoded ``paths`` when the caller has them already (:func:`open_images`)."""
+    images = list(images) if images is not None else open_images(paths)
     results = [ImageResult(str(p)) for p in paths]
     notes: list[str] = []
     k = min(top_k, len(classes))

@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     if not support.supported:
         raise UserError(f"--precision {precision} on {args.device}: {support.note}")
     args.images = expand_paths(args.images)
-    open_images(args.images)  # fail on a bad image before minutes of model loading
+    images = open_images(args.images)  # fail on a bad image before minutes of model loading
     if args.labels:
         classes = ClassSet.from_labels(args.labels)
     elif args.seed_classes:
@@ -74,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
                                                  allow_random=args.allow_random, device=args.device))
     for clf in classifiers:
         clf.model.to(dtype=DTYPES[precision])
-    results, notes = classify(classifiers, args.images, classes, top_k=args.top, raw_cosine=args.raw_cosine)
+    results, notes = classify(classifiers, args.images, classes, top_k=args.top, raw_cosine=args.raw_cosine,
+                              images=images)
     random = [c.name for c in classifiers if not c.pretrained]
     notes += [f"{n}: random weights (results are meaningless)" for n in random]
     if support.note:
