@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipcompare.data.coco import CaptionImageDataset, collate_images, load_caption_splits
+from clipcompare.data.coco import load_caption_splits
 from clipcompare.data.synthetic import shape_captions
 from clipcompare.errors import UserError
 from helpers import make_karpathy_file
@@ -236,13 +236,32 @@ def test_bad_input_is_one_clear_line(coco, tmp_path, case, pattern):
     assert "\n" not in str(info.value)
 
 
-def test_dataset_skips_undecodable_images(coco, tmp_path):
+@pytest.mark.parametrize("split", [True, False], ids=["open_clip-transform", "plain-callable"])
+def test_encode_images_skips_undecodable_images(coco, tmp_path, split):
+    """Retrieval's image side: an undecodable file is skipped and reported, the others are encoded
+    in order, equal to the model on each image's own preprocess (the open_clip transform takes the
+    threaded, batched-normalise path; a plain callable runs per image)."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from clipcompare.retrieval import encode_images
+
     root = _copy(coco, tmp_path)
     s = load_caption_splits(root, val_size=5, which=("val",))
     (root / s.val.paths[2]).write_bytes(b"not a jpeg")
-    ds = CaptionImageDataset(s.val, lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1))
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_images)
-    batches = list(loader)
-    assert batches[0][0].shape == (3, 3, 64, 64)
-    assert batches[0][1].tolist() == [0, 1, 3] and batches[0][2] == [2]
-    assert batches[1][1].tolist() == [4] and batches[1][2] == []
+    if split:
+        preprocess = T.Compose([T.Resize(40, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
+                                T.ToTensor(), T.Normalize((0.48, 0.46, 0.41), (0.27, 0.26, 0.28))])
+    else:
+        def preprocess(im):
+            return torch.from_numpy(np.array(im.resize((32, 32)))).permute(2, 0, 1).float() / 255
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model.encode_image = model.forward
+    emb, kept, skipped = encode_images(model, s.val, preprocess, batch_size=2)
+    assert kept == [0, 1, 3, 4] and skipped == [2]
+    with torch.no_grad():
+        ref = torch.stack([model(preprocess(Image.open(root / s.val.paths[i]).convert("RGB"))[None])[0]
+                           for i in kept])
+    torch.testing.assert_close(emb, torch.nn.functional.normalize(ref, dim=-1), rtol=0, atol=1e-6)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipcompare.data.coco import CaptionedImages, CaptionImageDataset, CaptionSplits, collate_images
+from clipcompare.data.coco import CaptionedImages, CaptionSplits
 from clipcompare.errors import UserError
 from clipcompare.evaluation.metrics import RETRIEVAL_KS, recall_key
 from clipcompare.models.spec import ModelSpec
@@ -89,7 +89,8 @@ def recall_at_k(
 @torch.no_grad()
 def encode_images(
     model: nn.Module,
-    dataset: CaptionImageDataset,
+    images: CaptionedImages,
+    preprocess: Callable[[Any], torch.Tensor],
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
@@ -97,19 +98,28 @@ def encode_images(
 ) -> tuple[torch.Tensor, list[int], list[int]]:
     """L2-normalised ``model.encode_image`` of every decodable image: (embeddings [K, D], kept, skipped).
 
-    ``kept`` lists the dataset indices of the rows in order; ``skipped`` the undecodable ones.
+    ``kept`` lists the indices into ``images`` of the rows in order; ``skipped`` the undecodable
+    ones (logged). Decoding is evaluate's (:func:`decode.batch_loader`), and a ``preprocess`` that
+    :func:`split_preprocess` can split ends with its ``/255`` + normalise once per batch, on the device.
     """
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         collate_fn=collate_images, pin_memory=torch.device(device).type == "cuda")
+    from clipcompare.data.decode import DecodedImages, batch_loader
+    from clipcompare.data.tensor_preprocess import split_preprocess
+
+    device = torch.device(device)
+    split = split_preprocess(preprocess)
+    decoded = DecodedImages(images.root, images.paths, [split or preprocess])
     feats: list[torch.Tensor] = []
     kept: list[int] = []
     skipped: list[int] = []
-    for images, indices, bad in loader:
-        skipped.extend(bad)
-        if len(indices):
-            out = model.encode_image(images.to(device, non_blocking=True))
+    for batch in batch_loader(decoded, batch_size, workers=workers, device=device):
+        for pos, reason in batch.failures:
+            log.warning("skipping unreadable image %s: %s", images.paths[pos], reason)
+            skipped.append(pos)
+        if len(batch.positions):
+            x = batch.tensors[0].to(device, non_blocking=True)
+            out = model.encode_image(split.finish(x) if split is not None else x)
             feats.append(F.normalize(out.float(), dim=-1))
-            kept.extend(indices.tolist())
+            kept.extend(batch.positions.tolist())
     if not feats:
         return torch.empty(0, 0, device=device), kept, skipped
     return torch.cat(feats), kept, skipped
@@ -149,8 +159,8 @@ def evaluate(
         model_id = model_id or model_identity(type(model).__name__, model)
         text_emb = caption_embeddings(model, tokenizer, texts, model_id=model_id, cache_dir=caption_cache_dir,
                                       device=device)
-    image_emb, kept, skipped = encode_images(model, CaptionImageDataset(images, preprocess),
-                                             batch_size=batch_size, device=device, workers=workers)
+    image_emb, kept, skipped = encode_images(model, images, preprocess, batch_size=batch_size, device=device,
+                                             workers=workers)
     if not kept:
         raise UserError(f"{images.name} split: none of its {len(images)} images could be decoded")
     # skipped images leave with their captions; the rest are renumbered to rows of image_emb

@@ -25,7 +25,7 @@ distinct chances in image→text retrieval and weighs the same in text→image, 
 it means on COCO. ``short_captions="cycle"`` repeats the existing captions in order up to 5 instead
 (for data with one caption per image); duplicate captions tie in image→text ranking, so those
 recalls are not comparable to COCO's. Missing image files are skipped and counted at load time;
-undecodable ones are skipped by :class:`CaptionImageDataset` when read. Every choice and count goes
+undecodable ones are skipped when read (``retrieval.encode_images``). Every choice and count goes
 into ``CaptionSplits.description`` (stored in run.json / retrieval.json).
 """
 
@@ -36,16 +36,14 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from clipcompare.data.base import few
-from clipcompare.data.decode import load_rgb
 from clipcompare.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -447,40 +445,3 @@ def _clean(caption: Any) -> str:
 
 def _reason(exc: BaseException) -> str:
     return f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-Transform = Callable[[Any], torch.Tensor]
-
-
-class CaptionImageDataset(torch.utils.data.Dataset):
-    """Item ``i`` is ``(tensor, i)``, or ``(None, i)`` when the file cannot be decoded (logged).
-
-    Safe in DataLoader workers; :func:`collate_images` drops the failures and reports their indices
-    so the caller can count them.
-    """
-
-    def __init__(self, images: CaptionedImages, transform: Transform) -> None:
-        self.root = images.root
-        self.paths = images.paths
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
-        try:
-            return self.transform(load_rgb(self.root / self.paths[i])), i
-        except Exception as exc:  # noqa: BLE001 - one bad file must not end the run
-            log.warning("skipping unreadable image %s: %s: %s", self.paths[i], type(exc).__name__, exc)
-            return None, i
-
-
-def collate_images(items: Sequence[tuple[torch.Tensor | None, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """``(images [B, ...], indices [B], skipped indices)``; images is empty when every item failed."""
-    good = [(t, i) for t, i in items if t is not None]
-    skipped = [i for t, i in items if t is None]
-    images = torch.stack([t for t, _ in good]) if good else torch.empty(0)
-    return images, torch.tensor([i for _, i in good], dtype=torch.long), skipped

@@ -15,8 +15,9 @@ those loaders do). The one exception is 16-bit greyscale, which PIL's convert cl
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,3 +143,25 @@ class ThreadedDecode:
             for start in range(0, len(self.images), self.batch_size):
                 items = pool.map(self.images.__getitem__, range(start, min(start + self.batch_size, len(self.images))))
                 yield collate(list(items))  # here, not in a thread: torch.stack is a torch op
+
+
+def batch_loader(images: DecodedImages, batch_size: int, *, workers: int = 0,
+                 device: torch.device = torch.device("cpu"),
+                 collate_fn: Callable[[Sequence[Any]], Any] = collate) -> Iterable[Any]:
+    """``images`` in collated batches, in order.
+
+    On CPU with no workers and every transform a ``SplitPreprocess``, :class:`ThreadedDecode` on
+    as many threads as torch uses (DataLoader workers were slower on the 2-core machine: they
+    compete with the forward for the same cores, and every batch crosses a process boundary);
+    otherwise a DataLoader with ``workers`` processes, pinning memory for CUDA.
+    """
+    from clipcompare.data.tensor_preprocess import SplitPreprocess
+
+    if (collate_fn is collate and workers <= 0 and device.type == "cpu"
+            and all(isinstance(t, SplitPreprocess) for t in images.transforms)):
+        return ThreadedDecode(images, batch_size, torch.get_num_threads())
+    workers = max(0, workers)
+    return torch.utils.data.DataLoader(
+        images, batch_size=max(1, batch_size), shuffle=False, num_workers=workers, collate_fn=collate_fn,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
+    )

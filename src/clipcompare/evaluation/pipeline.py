@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clipcompare.data import ImageDataset
-from clipcompare.data.decode import Batch, DecodedImages, ThreadedDecode, collate
+from clipcompare.data.decode import Batch, DecodedImages, batch_loader
 from clipcompare.errors import UserError
 from clipcompare.evaluation.options import EvaluateOptions
 from clipcompare.models.classifier import Classifier
@@ -25,10 +25,8 @@ from clipcompare.models.classifier import Classifier
 def make_loader(
     ds: ImageDataset, pending: np.ndarray, transforms: Sequence[Any], options: EvaluateOptions, device: torch.device
 ) -> Iterable[Any]:
-    """Decode + preprocess in ``options.workers`` processes (in this process when 0), in dataset order.
-
-    On CPU with no workers, when every transform is a ``SplitPreprocess``, each batch is decoded by
-    as many threads as the forward uses, between forwards (``decode.ThreadedDecode``).
+    """Decode + preprocess in ``options.workers`` processes (in this process when 0), in dataset order
+    (:func:`decode.batch_loader`: on CPU with no workers, threads between forwards).
 
     With ``options.decode == "gpu"`` the workers only read the files (``gpu_decode.EncodedImages``).
     """
@@ -36,23 +34,10 @@ def make_loader(
     if options.decode == "gpu":
         from clipcompare.data.gpu_decode import EncodedImages, collate_raw
 
-        images: torch.utils.data.Dataset = EncodedImages(ds.root, paths, transforms)
-        collate_fn: Callable[..., Any] = collate_raw
-    else:
-        images, collate_fn = DecodedImages(ds.root, paths, transforms), collate
-    from clipcompare.data.tensor_preprocess import SplitPreprocess
-
-    workers = max(0, options.workers)
-    if options.decode == "cpu" and workers == 0 and device.type == "cpu" and all(
-            isinstance(t, SplitPreprocess) for t in transforms):
-        # DataLoader workers (processes) were slower on the 2-core machine: they compete with the
-        # forward for the same cores, and every batch crosses a process boundary
-        return ThreadedDecode(images, options.batch_size, torch.get_num_threads())  # type: ignore[arg-type]
-    return torch.utils.data.DataLoader(
-        images, batch_size=options.batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+        return batch_loader(EncodedImages(ds.root, paths, transforms), options.batch_size, workers=options.workers,
+                            device=device, collate_fn=collate_raw)
+    return batch_loader(DecodedImages(ds.root, paths, transforms), options.batch_size, workers=options.workers,
+                        device=device)
 
 
 def prefetch(batches: Iterable[Any], prepare: Callable[[Any], Batch], device: torch.device) -> Iterator[Batch]:
