@@ -205,3 +205,30 @@ def test_distributed_helpers_without_torchrun_are_a_one_process_group(monkeypatc
     distributed.barrier()
     assert distributed.broadcast_object({"a": 1}) == {"a": 1} and distributed.gather_objects(3) == [3]
     distributed.cleanup()
+
+
+def test_cuda_memory_formats_timed_once_and_kept_on_resume(monkeypatch):
+    """On CUDA with no --[no-]channels-last each model's format is timed, except where the resumed
+    run's run.json names it already; the choice is then applied by name (CUDA stands in by its
+    device object and the timing function: neither runs a kernel here)."""
+    import dataclasses
+
+    import torch
+
+    from clipcompare.evaluation import devices
+    from clipcompare.models.classifier import create_classifier
+
+    torch.manual_seed(0)
+    clfs = [create_classifier(m, allow_random=True, templates="single") for m in ("resnet18", "clip:tiny-RN-quickgelu")]
+    timed = []
+    monkeypatch.setattr(devices, "fastest_memory_format",
+                        lambda clf, batch, device: timed.append(clf.name) or torch.channels_last)
+    opts, cuda = EvaluateOptions(out=Path("unused")), torch.device("cuda")
+    chosen = devices.timed_formats(clfs, opts, cuda, {clfs[0].name: "contiguous", "gone": "channels_last"})
+    assert chosen == {clfs[0].name: "contiguous", clfs[1].name: "channels_last"} and timed == [clfs[1].name]
+    assert devices.timed_formats(clfs, opts, torch.device("cpu")) is None
+    assert devices.timed_formats(clfs, dataclasses.replace(opts, channels_last=False), cuda) is None
+    assert devices.memory_formats(clfs, opts, torch.device("cpu"), chosen) == [torch.contiguous_format,
+                                                                                torch.channels_last]
+    conv = next(m for m in clfs[1].model.visual.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -50,19 +50,40 @@ def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, devic
 
 
 def memory_formats(
-    classifiers: Sequence[Classifier], options: EvaluateOptions, device: torch.device
+    classifiers: Sequence[Classifier], options: EvaluateOptions, device: torch.device,
+    chosen: Mapping[str, str] | None = None,
 ) -> list[torch.memory_format]:
-    """Each model's memory format, applied to it: as ``options.channels_last`` says, else on CUDA the
-    faster of the two for that model (timed at the batch size), else contiguous."""
+    """Each model's memory format, applied to it: as ``options.channels_last`` says, else as
+    ``chosen`` names it (model name → ``channels_last`` / ``contiguous``), else on CUDA the faster
+    of the two for that model (timed at the batch size), else contiguous."""
     formats = []
     for clf in classifiers:
-        if options.channels_last is None and device.type == "cuda":
+        if options.channels_last is None and chosen and clf.name in chosen:
+            fmt = torch.channels_last if chosen[clf.name] == "channels_last" else torch.contiguous_format
+        elif options.channels_last is None and device.type == "cuda":
             fmt = fastest_memory_format(clf, options.batch_size, device)
         else:
             fmt = torch.channels_last if options.channels_last else torch.contiguous_format
         clf.model.to(memory_format=fmt)
         formats.append(fmt)
     return formats
+
+
+def timed_formats(
+    classifiers: Sequence[Classifier], options: EvaluateOptions, device: torch.device,
+    stored: Mapping[str, str] | None = None,
+) -> dict[str, str] | None:
+    """With no ``--[no-]channels-last`` on CUDA, each model's format by name: ``stored`` (a resumed
+    run's choice) where it names the model, else timed (:func:`fastest_memory_format`); else None.
+
+    A resumed run keeps its formats so every part of its predictions comes from the same one (the
+    two differ by ~1e-6, which can flip a near-tie); under torchrun rank 0 decides for all ranks.
+    """
+    if options.channels_last is not None or device.type != "cuda":
+        return None
+    stored = stored or {}
+    return {c.name: stored.get(c.name) or format_name(fastest_memory_format(c, options.batch_size, device))
+            for c in classifiers}
 
 
 def fastest_memory_format(clf: Classifier, batch_size: int, device: torch.device, repeats: int = 3) -> torch.memory_format:
