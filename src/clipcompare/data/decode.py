@@ -121,7 +121,7 @@ class ThreadedDecode:
     Why not overlap: on CPU the forward already keeps every core busy with its intra-op threads; a
     decode thread running beside it (the previous design) preempts one of them, and the others wait
     at the pool's barriers. Decoding in a burst on all cores costs the forward only the CPU time of
-    the decode (on a 2-core AMD EPYC, evaluate / bare forward went from 0.941 to 0.960; see
+    the decode (on a 2-core AMD EPYC, evaluate / bare forward went from 0.941 to 0.975; see
     ``benchmarks/evaluate_speed.py``). Only for transforms that run no torch ops per image (a
     ``SplitPreprocess``): torch ops in other threads would start more intra-op thread pools.
     """
