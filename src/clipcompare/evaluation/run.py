@@ -99,7 +99,8 @@ def evaluate(
                 previous = store.check_settings(settings)
             except UserError as exc:
                 error = str(exc)
-        error = distributed.broadcast_object(error)
+        # previous too: every rank then refuses changed weights in _run_info, not rank 0 alone
+        error, previous = distributed.broadcast_object((error, previous))
         if error:
             raise UserError(error)
         if support.note:
