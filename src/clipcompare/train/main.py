@@ -335,6 +335,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
             if config.save_every and record["step"] % config.save_every == 0:
                 save(ckpt_path, (record["epoch"], s, record["step"]))
 
+    last = None  # the final weights' validation pass, reused for retrieval.json below
     while epoch < config.epochs:
         order = epoch_order(valid, config.seed, epoch, dist)
         captions = epoch_captions(len(splits.train), config.seed, epoch)
@@ -342,7 +343,8 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
                                 order=order, captions=captions, batch_size=config.batch_size, on_step=on_step,
                                 progress=dist.is_main and progress)
         if dist.is_main:
-            metrics, _, _ = _evaluate(model, data, config, device)
+            last = _evaluate(model, data, config, device)
+            metrics = last[0]
             record = {"epoch": epoch, "val_loss": metrics["val_loss"], **{k: metrics[k] for k in RECALL_KEYS},
                       "mean_recall@1": metrics["mean_recall@1"]}
             history.append(record)
@@ -358,7 +360,8 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
 
     summary: dict[str, Any] = {"out": str(out), "counts": counts, "epochs": history}
     if dist.is_main:
-        metrics, positions, emb = _evaluate(model, data, config, device, with_loss=False)
+        # the last epoch's pass saw these weights already; a run resumed past its last epoch has none
+        metrics, positions, emb = last or _evaluate(model, data, config, device, with_loss=False)
         rows = [start_rows[0], _row(f"trained ({out.name})", "trained", metrics), *start_rows[1:]]
         retrieval = {"split": splits.description, "rows": rows}
         _write_json(out / "retrieval.json", retrieval)
