@@ -87,6 +87,27 @@ def recall_at_k(
 
 
 @torch.no_grad()
+def recalls_of_loaded(
+    image_emb: torch.Tensor, kept: Sequence[int], text_emb: torch.Tensor, owner: Sequence[int],
+    ks: Sequence[int] = DEFAULT_KS,
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Recall@K over the images that loaded (row r of ``image_emb`` is image ``kept[r]``) and their
+    captions (``text_emb`` holds every caption, ``owner`` each one's image): the captions of the
+    images left out leave with them. Returns (the recalls, ``mean_recall@1`` when K=1 is among
+    them, ``images`` and ``captions`` counted; the kept captions' embeddings; each one's row)."""
+    row_of = {int(idx): row for row, idx in enumerate(kept)}
+    keep = [t for t, i in enumerate(owner) if i in row_of]
+    rows = torch.tensor([row_of[owner[t]] for t in keep], dtype=torch.long, device=image_emb.device)
+    texts = text_emb[torch.tensor(keep, dtype=torch.long, device=text_emb.device)] if len(keep) < len(owner) else text_emb
+    texts = texts.to(image_emb.device)
+    result: dict[str, Any] = recall_at_k(image_emb, texts, rows, ks)
+    if 1 in ks:
+        result["mean_recall@1"] = (result["text_retrieval_recall@1"] + result["image_retrieval_recall@1"]) / 2
+    result.update(images=len(kept), captions=len(keep))
+    return result, texts, rows
+
+
+@torch.no_grad()
 def encode_images(
     model: nn.Module,
     images: CaptionedImages,
@@ -163,20 +184,9 @@ def evaluate(
                                              workers=workers)
     if not kept:
         raise UserError(f"{images.name} split: none of its {len(images)} images could be decoded")
-    # skipped images leave with their captions; the rest are renumbered to rows of image_emb
-    row_of = {idx: row for row, idx in enumerate(kept)}
-    keep_txt = [t for t, i in enumerate(owner) if i in row_of]
-    if len(keep_txt) < len(owner):
-        text_emb = text_emb[torch.as_tensor(keep_txt, device=text_emb.device)]
-    owner = [row_of[owner[t]] for t in keep_txt]
-    result: dict[str, Any] = recall_at_k(image_emb, text_emb, owner, ks)
-    result.update(
-        split=images.name, images=len(kept), captions=len(owner), skipped=len(skipped),
-        skipped_examples=[images.paths[i] for i in skipped[:5]],
-        **({"mean_recall@1": (result["text_retrieval_recall@1"] + result["image_retrieval_recall@1"]) / 2}
-           if 1 in ks else {}),
-        seconds=round(time.perf_counter() - start, 3),
-    )
+    result, _, _ = recalls_of_loaded(image_emb, kept, text_emb, owner, ks)
+    result.update(split=images.name, skipped=len(skipped), skipped_examples=[images.paths[i] for i in skipped[:5]],
+                  seconds=round(time.perf_counter() - start, 3))
     return result
 
 

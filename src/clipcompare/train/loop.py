@@ -190,21 +190,14 @@ def embed_pixels(encode: Callable[[torch.Tensor], torch.Tensor], source, *, batc
 def retrieval_metrics(positions: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
                       text_image: Sequence[int], *, logit_scale: float | None = None,
                       loss_batch: int = 0) -> dict[str, Any]:
-    """Recall@1/5/10 both ways (retrieval.recall_at_k) over the images that loaded and their captions;
+    """Recall@1/5/10 both ways (retrieval.recalls_of_loaded) over the images that loaded and their captions;
     with ``logit_scale``, also the validation loss (ClipLoss over batches of ``loss_batch`` images,
     each with its first caption)."""
     from open_clip.loss import ClipLoss
 
-    from clipcompare.retrieval import recall_at_k
+    from clipcompare.retrieval import recalls_of_loaded
 
-    row_of = {int(p): r for r, p in enumerate(positions.tolist())}
-    keep = [t for t, i in enumerate(text_image) if i in row_of]
-    mapping = torch.tensor([row_of[text_image[t]] for t in keep], dtype=torch.long)
-    texts = text_emb[torch.tensor(keep, dtype=torch.long)].to(image_emb.device)
-    out: dict[str, Any] = dict(recall_at_k(image_emb, texts, mapping.to(image_emb.device)))
-    out = {k: float(v) for k, v in out.items()}
-    out["mean_recall@1"] = (out["text_retrieval_recall@1"] + out["image_retrieval_recall@1"]) / 2
-    out["images"], out["captions"] = len(positions), len(keep)
+    out, texts, mapping = recalls_of_loaded(image_emb, positions.tolist(), text_emb, text_image)
     if logit_scale is not None:
         first: dict[int, int] = {}
         for j, row in enumerate(mapping.tolist()):
