@@ -209,8 +209,8 @@ def test_distributed_helpers_without_torchrun_are_a_one_process_group(monkeypatc
 
 def test_cuda_memory_formats_timed_once_and_kept_on_resume(monkeypatch):
     """On CUDA with no --[no-]channels-last each model's format is timed, except where the resumed
-    run's run.json names it already; the choice is then applied by name (CUDA stands in by its
-    device object and the timing function: neither runs a kernel here)."""
+    run's run.json names it already; the flag, or a CPU, fixes it untimed; the choice is then applied
+    by name (CUDA stands in by its device object and the timing function: neither runs a kernel here)."""
     import dataclasses
 
     import torch
@@ -220,15 +220,19 @@ def test_cuda_memory_formats_timed_once_and_kept_on_resume(monkeypatch):
 
     torch.manual_seed(0)
     clfs = [create_classifier(m, allow_random=True, templates="single") for m in ("resnet18", "clip:tiny-RN-quickgelu")]
+    names = [c.name for c in clfs]
     timed = []
     monkeypatch.setattr(devices, "fastest_memory_format",
                         lambda clf, batch, device: timed.append(clf.name) or torch.channels_last)
     opts, cuda = EvaluateOptions(out=Path("unused")), torch.device("cuda")
-    chosen = devices.timed_formats(clfs, opts, cuda, {clfs[0].name: "contiguous", "gone": "channels_last"})
-    assert chosen == {clfs[0].name: "contiguous", clfs[1].name: "channels_last"} and timed == [clfs[1].name]
-    assert devices.timed_formats(clfs, opts, torch.device("cpu")) is None
-    assert devices.timed_formats(clfs, dataclasses.replace(opts, channels_last=False), cuda) is None
-    assert devices.memory_formats(clfs, opts, torch.device("cpu"), chosen) == [torch.contiguous_format,
-                                                                                torch.channels_last]
+    chosen = devices.choose_formats(clfs, opts, cuda, {names[0]: "contiguous", "gone": "channels_last"})
+    assert chosen == {names[0]: "contiguous", names[1]: "channels_last"} and timed == [names[1]]
+    assert devices.choose_formats(clfs, opts, torch.device("cpu")) == dict.fromkeys(names, "contiguous")
+    assert devices.choose_formats(clfs, dataclasses.replace(opts, channels_last=False), cuda) == dict.fromkeys(
+        names, "contiguous")
+    assert devices.choose_formats(clfs, dataclasses.replace(opts, channels_last=True), cuda) == dict.fromkeys(
+        names, "channels_last")
+    assert timed == [names[1]]  # the flag is never second-guessed by a timing
+    assert devices.apply_formats(clfs, chosen) == [torch.contiguous_format, torch.channels_last]
     conv = next(m for m in clfs[1].model.visual.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)

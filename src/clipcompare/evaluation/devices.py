@@ -49,41 +49,33 @@ def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, devic
     return classifiers
 
 
-def memory_formats(
-    classifiers: Sequence[Classifier], options: EvaluateOptions, device: torch.device,
-    chosen: Mapping[str, str] | None = None,
-) -> list[torch.memory_format]:
-    """Each model's memory format, applied to it: as ``options.channels_last`` says, else as
-    ``chosen`` names it (model name → ``channels_last`` / ``contiguous``), else on CUDA the faster
-    of the two for that model (timed at the batch size), else contiguous."""
-    formats = []
-    for clf in classifiers:
-        if options.channels_last is None and chosen and clf.name in chosen:
-            fmt = torch.channels_last if chosen[clf.name] == "channels_last" else torch.contiguous_format
-        elif options.channels_last is None and device.type == "cuda":
-            fmt = fastest_memory_format(clf, options.batch_size, device)
-        else:
-            fmt = torch.channels_last if options.channels_last else torch.contiguous_format
-        clf.model.to(memory_format=fmt)
-        formats.append(fmt)
-    return formats
-
-
-def timed_formats(
+def choose_formats(
     classifiers: Sequence[Classifier], options: EvaluateOptions, device: torch.device,
     stored: Mapping[str, str] | None = None,
-) -> dict[str, str] | None:
-    """With no ``--[no-]channels-last`` on CUDA, each model's format by name: ``stored`` (a resumed
-    run's choice) where it names the model, else timed (:func:`fastest_memory_format`); else None.
+) -> dict[str, str]:
+    """Each model's memory format by name (``channels_last`` / ``contiguous``): as
+    ``--[no-]channels-last`` says; else on CUDA ``stored`` (a resumed run's choice) where it names the
+    model, else timed (:func:`fastest_memory_format`); else contiguous.
 
     A resumed run keeps its formats so every part of its predictions comes from the same one (the
     two differ by ~1e-6, which can flip a near-tie); under torchrun rank 0 decides for all ranks.
     """
     if options.channels_last is not None or device.type != "cuda":
-        return None
+        fixed = "channels_last" if options.channels_last else "contiguous"
+        return {c.name: fixed for c in classifiers}
     stored = stored or {}
     return {c.name: stored.get(c.name) or format_name(fastest_memory_format(c, options.batch_size, device))
             for c in classifiers}
+
+
+def apply_formats(classifiers: Sequence[Classifier], chosen: Mapping[str, str]) -> list[torch.memory_format]:
+    """Lay each model out as ``chosen`` names it; its memory format, in model order."""
+    formats = []
+    for clf in classifiers:
+        fmt = torch.channels_last if chosen[clf.name] == "channels_last" else torch.contiguous_format
+        clf.model.to(memory_format=fmt)
+        formats.append(fmt)
+    return formats
 
 
 def fastest_memory_format(clf: Classifier, batch_size: int, device: torch.device, repeats: int = 3) -> torch.memory_format:

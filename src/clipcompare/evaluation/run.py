@@ -16,13 +16,7 @@ import torch
 from clipcompare import distributed
 from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
 from clipcompare.errors import UserError
-from clipcompare.evaluation.devices import (
-    format_name,
-    load_classifiers,
-    memory_formats,
-    resolve_device,
-    timed_formats,
-)
+from clipcompare.evaluation.devices import apply_formats, choose_formats, load_classifiers, resolve_device
 from clipcompare.evaluation.metrics import dataset_metrics, top_column
 from clipcompare.evaluation.options import DECODE_PATHS, EvaluateOptions
 from clipcompare.evaluation.pipeline import distinct_transforms, tensor_preprocesses
@@ -111,12 +105,13 @@ def evaluate(
         classifiers = load_classifiers(specs, options, device)
         chosen = None
         if dist.is_main:  # rank 0 times (or a resumed run keeps) the formats, for every rank
-            chosen = timed_formats(classifiers, options, device,
-                                   ((previous or {}).get("options") or {}).get("memory_formats"))
-        formats = memory_formats(classifiers, options, device, distributed.broadcast_object(chosen))
+            chosen = choose_formats(classifiers, options, device,
+                                    ((previous or {}).get("options") or {}).get("memory_formats"))
+        chosen = distributed.broadcast_object(chosen)
+        formats = apply_formats(classifiers, chosen)
         info = _run_info(options, settings, classifiers, data, device, started, previous)
         info["options"].update(decode=options.decode, precision=precision, precision_note=support.note,
-                               memory_formats={c.name: format_name(f) for c, f in zip(classifiers, formats)},
+                               memory_formats=chosen,
                                world_size=dist.world_size)
         if options.decode == "gpu":  # what the device applies instead of each PIL transform (fails early)
             transforms, slot = distinct_transforms(classifiers)
