@@ -113,7 +113,8 @@ class DeviceDecoder:
         fallback = [t.to(self.device, non_blocking=True) for t in raw.fallback]
         fallback_slots = list(raw.fallback_slots)
         self.fallbacks.update(raw.fallback_reasons)
-        rejected = [s for s in raw.encoded_slots if s not in set(slots)]
+        decoded = set(slots)
+        rejected = [s for s in raw.encoded_slots if s not in decoded]
         if rejected:  # JPEGs the device decoder refused: the CPU path, here
             extra, ok = self._cpu_path(raw, rejected, failures)
             if ok:
@@ -122,19 +123,14 @@ class DeviceDecoder:
         keep = sorted(slots + fallback_slots)
         if not keep:
             return Batch(raw.positions[:0], (), sorted(failures))
+        order = (slots if images else []) + fallback_slots  # the rows as concatenated below
+        where = {s: row for row, s in enumerate(order)}
+        reorder = None if order == keep else torch.as_tensor([where[s] for s in keep], device=self.device)
         tensors = []
         for k, pre in enumerate(self.preprocesses):
-            parts, order = [], []
-            if images:
-                parts.append(pre(images))
-                order += slots
-            if fallback_slots:
-                parts.append(fallback[k])
-                order += fallback_slots
+            parts = ([pre(images)] if images else []) + ([fallback[k]] if fallback_slots else [])
             x = torch.cat(parts) if len(parts) > 1 else parts[0]
-            if order != keep:
-                x = x[torch.as_tensor([order.index(s) for s in keep], device=x.device)]
-            tensors.append(x)
+            tensors.append(x if reorder is None else x[reorder])
         positions = raw.positions[torch.as_tensor(keep, dtype=torch.long)] if len(keep) != n else raw.positions
         self.decoded += len(slots)
         return Batch(positions, tuple(tensors), sorted(failures))

@@ -50,10 +50,10 @@ class TensorPreprocess:
         for (h, w), idx in groups.items():
             x = torch.stack([images[i] for i in idx]) if len(idx) > 1 else images[idx[0]].unsqueeze(0)
             x = self._apply(x)
-            if out is None:
-                out = torch.empty((len(images), *x.shape[1:]), dtype=x.dtype, device=device)
             if len(groups) == 1:
                 return x
+            if out is None:
+                out = torch.empty((len(images), *x.shape[1:]), dtype=x.dtype, device=device)
             out[torch.as_tensor(idx, device=device)] = x
         assert out is not None
         return out
