@@ -137,7 +137,9 @@ def images_in(folder: Path, root: Path, limit: int | None = None, kind: str = "f
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        # sorted: which of a link and its real folder is read (and so names the files) must not
+        # depend on the order the filesystem lists them in
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(root)
         found.extend((rel / f).as_posix() for f in filenames if is_image_file(f) and not f.startswith("."))
     found.sort()
