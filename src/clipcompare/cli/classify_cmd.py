@@ -47,18 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from clipcompare.classify import classify, expand_paths, open_images, results_to_dict
     from clipcompare.errors import UserError
+    from clipcompare.evaluation import resolve_device
     from clipcompare.imagenet.classes import SEED_LABELS
-    from clipcompare.models.classifier import ClassSet, create_classifier
-    from clipcompare.models.loading import seeded_init
+    from clipcompare.models.classifier import ClassSet, create_classifiers
     from clipcompare.precision.support import DTYPES, dtype_support, parse_dtype
     from clipcompare.zeroshot import default_cache_dir
 
     if args.top < 1:
         raise UserError("--top must be at least 1")
     precision = parse_dtype(args.precision)
-    support = dtype_support(precision, "cuda" if str(args.device).startswith("cuda") else "cpu")
+    device = resolve_device(args.device)  # an unusable device is its own one-line error
+    support = dtype_support(precision, device.type)
     if not support.supported:
-        raise UserError(f"--precision {precision} on {args.device}: {support.note}")
+        raise UserError(f"--precision {precision} on {device}: {support.note}")
     args.images = expand_paths(args.images)
     images = open_images(args.images)  # fail on a bad image before minutes of model loading
     if args.labels:
@@ -67,13 +68,8 @@ def _run(args: argparse.Namespace) -> int:
         classes = ClassSet.from_labels(SEED_LABELS)
     else:
         classes = ClassSet.imagenet()
-    classifiers = []
-    for spec in model_specs(args):
-        with seeded_init():  # random weights (--allow-random): the same on every run, as evaluate's
-            classifiers.append(create_classifier(spec, templates=args.templates, cache_dir=default_cache_dir(),
-                                                 allow_random=args.allow_random, device=args.device))
-    for clf in classifiers:
-        clf.model.to(dtype=DTYPES[precision])
+    classifiers = create_classifiers(model_specs(args), templates=args.templates, cache_dir=default_cache_dir(),
+                                     allow_random=args.allow_random, device=device, dtype=DTYPES[precision])
     results, notes = classify(classifiers, args.images, classes, top_k=args.top, raw_cosine=args.raw_cosine,
                               images=images)
     random = [c.name for c in classifiers if not c.pretrained]

@@ -127,15 +127,11 @@ def _classify(specs, photos, paths, device) -> set[str]:
     """Print each photo's top-3 from CLIP over free-text labels, and from both models over ImageNet; returns
     the models that ran with random weights."""
     from clipcompare.classify import classify, open_images
-    from clipcompare.models.classifier import ClassSet, create_classifier
-    from clipcompare.models.loading import seeded_init
+    from clipcompare.models.classifier import ClassSet, create_classifiers
     from clipcompare.zeroshot import default_cache_dir
 
-    classifiers = []
-    for spec in specs:
-        with seeded_init():  # the random weights stand-ins are the same on every run
-            classifiers.append(create_classifier(spec, templates="single", cache_dir=default_cache_dir(),
-                                                 allow_random=True, device=device))
+    classifiers = create_classifiers(specs, templates="single", cache_dir=default_cache_dir(), allow_random=True,
+                                     device=device)
     files = [paths[p.name] for p in photos]
     images = open_images(files)
     free, free_notes = classify(classifiers, files, ClassSet.from_labels([p.label for p in photos]), top_k=3,

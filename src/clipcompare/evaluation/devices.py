@@ -10,8 +10,7 @@ import torch
 
 from clipcompare.errors import UserError
 from clipcompare.evaluation.options import EvaluateOptions
-from clipcompare.models.classifier import Classifier, create_classifier
-from clipcompare.models.loading import seeded_init
+from clipcompare.models.classifier import Classifier, create_classifiers
 from clipcompare.models.spec import ModelSpec
 from clipcompare.precision.support import DTYPES, parse_dtype
 
@@ -32,21 +31,12 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, device: torch.device) -> list[Classifier]:
-    """Each model on ``device``; random inits are seeded so a resumed dry run gets the same weights."""
+    """Each model on ``device`` as ``options`` asks (templates, head cache, random weights, precision)."""
     from clipcompare.zeroshot import default_cache_dir
 
-    cache_dir = options.cache_dir or default_cache_dir()
-    classifiers = []
-    for spec in specs:
-        with seeded_init():
-            clf = create_classifier(
-                spec, templates=options.templates, cache_dir=cache_dir, allow_random=options.allow_random,
-                device=device,
-            )
-        if options.precision != "fp32":
-            clf.model.to(dtype=DTYPES[parse_dtype(options.precision)])  # the cast `precision` measures
-        classifiers.append(clf)
-    return classifiers
+    return create_classifiers(specs, templates=options.templates, cache_dir=options.cache_dir or default_cache_dir(),
+                              allow_random=options.allow_random, device=device,
+                              dtype=DTYPES[parse_dtype(options.precision)])
 
 
 def choose_formats(

@@ -219,6 +219,30 @@ def create_classifier(
     return wrap_loaded(loaded, templates=templates, cache_dir=cache_dir)
 
 
+def create_classifiers(
+    specs: Sequence[ModelSpec | str],
+    *,
+    templates: str = "openai",
+    cache_dir: Path | None = None,
+    allow_random: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[Classifier]:
+    """:func:`create_classifier` for each spec, cast to ``dtype`` (the cast ``precision`` measures).
+    Random inits (``allow_random``) are seeded, so a dry run gets the same weights on every run."""
+    from clipcompare.models.loading import seeded_init
+
+    classifiers = []
+    for spec in specs:
+        with seeded_init():
+            clf = create_classifier(spec, templates=templates, cache_dir=cache_dir, allow_random=allow_random,
+                                    device=device)
+        if dtype != torch.float32:
+            clf.model.to(dtype=dtype)
+        classifiers.append(clf)
+    return classifiers
+
+
 def wrap_loaded(loaded: LoadedModel, *, templates: str = "openai", cache_dir: Path | None = None) -> Classifier:
     """The :class:`Classifier` for an already loaded model (CLIP or trained checkpoint → zero-shot, else supervised)."""
     if loaded.spec.family in ("clip", "trained"):
