@@ -31,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
 
     from clipcompare.cli.evaluate_cmd import format_summary, summary_rows
     from clipcompare.cli.inspect_cmd import render
@@ -82,8 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         device=device.type, labels=tuple(p.wnid for p in classed), images=args.out / "photos", max_images=4,
         warmup=1, min_runs=3, min_time_s=0.2, max_time_s=2.0,
     )
-    with torch.random.fork_rng(devices=[]):
-        precision = precision_evaluate(specs, config, out_dir=args.out / "precision", allow_random=True)
+    precision = precision_evaluate(specs, config, out_dir=args.out / "precision", allow_random=True)
     save_report(precision, args.out / "precision")
     from clipcompare.cli.precision_cmd import format_report
 

@@ -84,11 +84,6 @@ class CaptionedImages:
         owner = [i for i, caps in enumerate(self.captions) for _ in caps]
         return texts, owner
 
-    def subset(self, indices: Sequence[int]) -> "CaptionedImages":
-        """The images at ``indices``, in that order (e.g. the ones that decoded)."""
-        return CaptionedImages(self.name, self.root, tuple(self.paths[i] for i in indices),
-                               tuple(self.captions[i] for i in indices), tuple(self.image_ids[i] for i in indices))
-
 
 @dataclass(frozen=True)
 class CaptionSplits:

@@ -171,7 +171,6 @@ class Built:
     clip_visual: nn.Module | None = None  # the text model's own image tower (the reference row)
     clip_preprocess: Any = None
     random_weights: list[str] = field(default_factory=list)
-    embed_dim: int = 0
 
 
 def build_model(config: TrainConfig, *, keep_clip_visual: bool = False) -> Built:
@@ -192,17 +191,19 @@ def build_model(config: TrainConfig, *, keep_clip_visual: bool = False) -> Built
     clip_visual = getattr(clip, "visual", None) if keep_clip_visual else None
     model = assemble(image_loaded.model, clip, text_loaded.tokenizer, config)
     return Built(model, text_loaded.tokenizer, clip_visual, text_loaded.preprocess if keep_clip_visual else None,
-                 random_weights, model.embed_dim)
+                 random_weights)
 
 
 def assemble(backbone: nn.Module, clip: nn.Module, tokenizer: Any, config: TrainConfig) -> ContrastiveModel:
     """A classifier (its last Linear replaced) + an open_clip model's text tower → ContrastiveModel."""
     from open_clip.transformer import QuickGELU
 
+    from clipcompare.captions import embed_dim
+
     quick_gelu = any(isinstance(m, QuickGELU) for m in clip.modules())
-    text, is_clip = text_tower(clip)
     with torch.no_grad():
-        width = int(ContrastiveModel.encode_text(_Probe(text, is_clip), tokenizer(["a"])).shape[-1])
+        width = embed_dim(clip, tokenizer, "cpu")  # before text_tower strips the model
+    text, is_clip = text_tower(clip)
     if config.embed_dim is not None and config.embed_dim != width:
         raise UserError(f"--embed-dim {config.embed_dim} does not match the text tower's width {width} "
                         f"({config.text_model})")
@@ -210,16 +211,8 @@ def assemble(backbone: nn.Module, clip: nn.Module, tokenizer: Any, config: Train
     visual = ImageTower(backbone, feature_dim, width)
     visual.image_size = config.image_size  # what `inspect` measures it at
     model = ContrastiveModel(visual, text, is_clip, learn_temperature=not config.fixed_temperature)
-    model.embed_dim = width
     model.quick_gelu = quick_gelu  # what load_trained must rebuild (QuickGELU has no weights to tell)
     return model
-
-
-class _Probe:
-    """Just enough of a ContrastiveModel to run encode_text before the model exists."""
-
-    def __init__(self, text: nn.Module, is_clip: bool) -> None:
-        self.text, self.text_is_clip = text, is_clip
 
 
 def parameter_counts(model: ContrastiveModel) -> dict[str, int]:
