@@ -102,6 +102,18 @@ def test_caption_embeddings_equal_full_forward_and_are_cached(tiny_clip, tmp_pat
         caption_embeddings(model, tok, CAPTIONS[:-1], model_id="tiny#1", cache_dir=tmp_path)
 
 
+def test_a_cached_file_with_another_caption_count_is_rebuilt_and_replaced(tiny_clip, tmp_path):
+    from clipcompare.captions import caption_cache_path
+
+    model, tok = tiny_clip.model, tiny_clip.tokenizer
+    path = caption_cache_path(tmp_path, "tiny#1", CAPTIONS)
+    path.parent.mkdir(parents=True)
+    torch.save(torch.zeros(3, 64), path)  # a foreign file under this key
+    emb = caption_embeddings(model, tok, CAPTIONS, model_id="tiny#1", cache_dir=tmp_path)
+    assert emb.shape == (15, 64) and emb.abs().sum() > 0
+    assert torch.equal(torch.load(path, weights_only=True), emb)  # replaced, not rebuilt on every run
+
+
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory) -> Path:
     from clipcompare.data.synthetic import make_coco

@@ -72,7 +72,6 @@ def caption_embeddings(
         return torch.cat(parts) if parts else torch.empty(0, embed_dim(model, tokenizer, device), device=device)
 
     path = caption_cache_path(cache_dir, model_id, captions) if cache_dir is not None else None
-    out = cached_tensor(path, build, device=device, what="caption embeddings")
-    if out.shape[0] != len(captions):  # a hash collision or a foreign file: never trust a wrong count
-        out = build()
+    # a file with another count (a hash collision, a foreign file) is never trusted: rebuilt and replaced
+    out = cached_tensor(path, build, device=device, what="caption embeddings", rows=len(captions))
     return out.to(device=device, dtype=torch.float32)

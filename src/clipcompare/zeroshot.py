@@ -187,9 +187,10 @@ def cached_tensor(
     *,
     device: str | torch.device = "cpu",
     what: str = "tensor",
-    shape: tuple[int, ...] | None = None,
+    rows: int | None = None,
 ) -> torch.Tensor:
-    """``path`` loaded (weights_only) when it holds a tensor (of ``shape``, if given), else ``build()`` saved there.
+    """``path`` loaded (weights_only) when it holds a tensor (of ``rows`` rows, if given), else ``build()``
+    saved there.
 
     ``path=None`` disables the cache. The write is atomic, so a concurrent or interrupted run never
     sees half a file; an unreadable or mis-shaped file (a torn write from an older version) is rebuilt.
@@ -197,7 +198,7 @@ def cached_tensor(
     if path is not None and path.is_file():
         try:
             value = torch.load(path, map_location=device, weights_only=True)
-            if isinstance(value, torch.Tensor) and (shape is None or tuple(value.shape) == tuple(shape)):
+            if isinstance(value, torch.Tensor) and (rows is None or (value.dim() and value.shape[0] == rows)):
                 log.info("loaded %s from %s", what, path)
                 return value
             log.warning("ignoring cached %s %s: unexpected content", what, path)
