@@ -183,6 +183,22 @@ def test_weights_flag_applies_to_single_model(tmp_path, capsys):
     assert main(["classify", "x.jpg", "--model", "resnet50", "--model", "clip:RN50", "--weights", "w.pth"]) == 2
 
 
+@pytest.mark.parametrize(("text", "tag"), [("resnet50", None), ("resnet50:IMAGENET1K_V2", "IMAGENET1K_V2"),
+                                           ("clip:RN50", None), ("clip:RN50@yfcc15m", "yfcc15m"),
+                                           ("clip:RN50-gelu", None)])
+def test_weights_flag_means_name_equals_file(text, tag, tmp_path):
+    """--model NAME --weights FILE is NAME=FILE: a tag written in NAME is kept, none is added."""
+    import argparse
+
+    from clipcompare.cli.common import model_specs
+
+    file = tmp_path / "w.pt"
+    (spec,) = model_specs(argparse.Namespace(models=[text], default_models=(), weights=file))
+    assert spec == parse_spec(f"{text}={file}") and spec.tag == tag and spec.path == file
+    with pytest.raises(UserError, match="names its weights file already"):
+        model_specs(argparse.Namespace(models=[f"{text}={file}"], default_models=(), weights=file))
+
+
 def test_supervised_classifier_slices_imagenet_logits():
     torch.manual_seed(0)
     clf = create_classifier("resnet18", allow_random=True)

@@ -25,7 +25,6 @@ def add_model_args(p: argparse.ArgumentParser, default: tuple[str, ...]) -> None
 
 def model_specs(args: argparse.Namespace) -> list:
     """Parsed specs from ``--model``/``--weights``; ``--weights`` applies to exactly one model."""
-    from dataclasses import replace
 
     from clipcompare.models.spec import parse_spec
 
@@ -34,9 +33,11 @@ def model_specs(args: argparse.Namespace) -> list:
     if args.weights is not None:
         if len(specs) != 1:
             raise UserError("--weights needs exactly one --model")
-        # a tag written in the spec says whose weights the file holds (clip:RN50@yfcc15m, resnet50:IMAGENET1K_V2)
-        named = "@" in texts[0] or ":" in texts[0].removeprefix("clip:")
-        specs = [replace(specs[0], path=args.weights, tag=specs[0].tag if named else None)]
+        if specs[0].path is not None:
+            raise UserError(f"--model {texts[0]} names its weights file already; drop --weights")
+        # the same as typing NAME=FILE: a tag in the spec says whose weights the file holds
+        # (clip:RN50@yfcc15m, resnet50:IMAGENET1K_V2), and parse_spec owns that grammar
+        specs = [parse_spec(f"{texts[0]}={args.weights}")]
     return specs
 
 
