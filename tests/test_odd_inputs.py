@@ -195,6 +195,7 @@ def test_unlistable_folder_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     ["evaluate", "-d", "folder=DATA", "-m", CLIP, "--allow-random"],
     ["precision", "-m", CLIP, "--dtypes", "fp32", "--batch-sizes", "1", "--max-images", "1"],
     ["demo", "-m", CLIP, "--photos", "1"],
+    ["retrieval", "-m", CLIP, "--coco", "DATA", "--allow-random"],  # refused before the data is read
 ])
 def test_out_that_is_a_file_is_one_line_exit_2(tmp_path, capsys, command):
     root = make_image_folder(tmp_path / "data", ["cat", "dog"], per_class=1)

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clipcompare.cli.common import add_model_args, format_table, int_at_least, model_specs, print_json
+from clipcompare.cli.common import (
+    add_model_args,
+    ensure_out_dir,
+    format_table,
+    int_at_least,
+    model_specs,
+    print_json,
+)
 
 DEFAULT_RETRIEVAL_MODELS: tuple[str, ...] = ("clip:RN50",)
 
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     specs = model_specs(args)
     check_retrieval_specs(specs)
+    ensure_out_dir(args.out)  # a bad --out fails now, not after the models ran
     on = args.on or ("test" if args.split.startswith("karpathy") and args.captions is None else "val")
     # data errors come before any model is loaded
     splits = load_caption_splits(args.coco, split=args.split, val_size=args.val_size, captions_file=args.captions,
