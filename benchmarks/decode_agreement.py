@@ -19,7 +19,7 @@ nearly one class for everything, so "top-1" is also given for logits centred ove
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -36,7 +36,7 @@ from clipcompare.data.tensor_preprocess import tensor_preprocess
 from clipcompare.evaluation import EvaluateOptions, load_classifiers, resolve_device
 from clipcompare.models.classifier import ClassSet
 from clipcompare.models.spec import DEFAULT_MODELS, parse_spec
-from clipcompare.precision.support import DTYPES, dtype_support
+from clipcompare.precision.support import dtype_support
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "camera", "coins")
@@ -117,7 +117,13 @@ def main() -> int:
         sets = {"generated": generated_set(root, args.images), "photos": photo_set(root)}
         options = EvaluateOptions(out=root / "run", device=str(device), allow_random=True, templates="single",
                                   cache_dir=root / "cache")
-        classifiers = load_classifiers([parse_spec(m) for m in args.model or DEFAULT_MODELS], options, device)
+        specs = [parse_spec(m) for m in args.model or DEFAULT_MODELS]
+        classifiers = load_classifiers(specs, options, device)
+        # each dtype's models loaded and cast as evaluate --precision does (seeded: the same weights)
+        dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+        supports = {d: dtype_support(d, device.type) for d in dtypes}
+        casts = {d: load_classifiers(specs, dataclasses.replace(options, precision=d), device)
+                 for d in dtypes if supports[d].supported}
         print(f"device {device}, {len(classes)} ImageNet classes, models {', '.join(c.name for c in classifiers)}"
               f" ({'pretrained' if all(c.pretrained for c in classifiers) else 'random weights'})")
         for set_name, names in sets.items():
@@ -125,7 +131,7 @@ def main() -> int:
                 print(f"{set_name}: scikit-image not installed, skipped")
                 continue
             print(f"{set_name}: {len(names)} JPEGs")
-            for clf in classifiers:
+            for m, clf in enumerate(classifiers):
                 ref_x = cpu_inputs(root, names, clf.preprocess)
                 gpu_x = gpu_inputs(root, names, clf.preprocess, device, args.batch_size)
                 std = torch.tensor(tensor_preprocess(clf.preprocess).std).view(1, 3, 1, 1)
@@ -134,17 +140,12 @@ def main() -> int:
                 print(f"  {clf.name}: pixels differ by at most {pixel.max():.2f} 8-bit levels "
                       f"(mean {pixel.mean():.4f})")
                 print(line("decode gpu vs cpu", agreement(ref, logits_of(clf, gpu_x, classes, device, args.batch_size))))
-                for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
-                    support = dtype_support(dtype, device.type)
+                for dtype in dtypes:
+                    support = supports[dtype]
                     if not support.supported:
                         print(f"    {dtype}: {support.note}")
                         continue
-                    cast = copy.copy(clf)
-                    cast.model = copy.deepcopy(clf.model).to(dtype=DTYPES[dtype])
-                    cast._heads = {}  # rebuilt by the cast model, as evaluate --precision does
-                    if hasattr(cast, "_index"):
-                        cast._index = {}
-                    got = logits_of(cast, ref_x, classes, device, args.batch_size)
+                    got = logits_of(casts[dtype][m], ref_x, classes, device, args.batch_size)
                     print(line(f"{dtype} vs fp32" + (" (emulated)" if support.native is False else ""),
                                agreement(ref, got)))
     return 0
