@@ -55,10 +55,6 @@ def _flops(n: int) -> str:
     return str(n)
 
 
-def _floats(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -81,10 +77,11 @@ def _model_lines(m: ModelInspection) -> list[str]:
         f"  FLOPs       {_flops(m.flops)} per {size} image ({m.flops:,})",
     ]
     if m.build is not None:
-        b = m.build
-        lines.append(f"  activation  {b['activation']} ({b['activation_source']})")
-        lines.append(f"  preprocess  resize {b['resize']} ({b['resize_mode']}, {b['interpolation']}), crop {b['crop']}, "
-                     f"mean {_floats(b['mean'])}, std {_floats(b['std'])} ({b['preprocess_source']})")
+        from clipcompare.models.loading import BuildInfo
+
+        b = BuildInfo(**m.build)
+        lines.append(f"  activation  {b.activation} ({b.activation_source})")
+        lines.append(f"  preprocess  {b.preprocess_text()}")
     if m.vit is not None:
         v = m.vit
         tokens = f"{v.tokens} tokens ({v.grid}×{v.grid} patches{' + class token' if v.class_token else ''})"

@@ -62,11 +62,13 @@ class BuildInfo:
     def describe(self) -> str:
         """One line for logs and ``inspect``."""
         scale = f"; logit scale: {self.logit_scale}" if self.logit_scale else ""
-        return (
-            f"{self.architecture}, activation {self.activation} ({self.activation_source}){scale}; "
-            f"preprocess: resize {self.resize} ({self.resize_mode}, {self.interpolation}), crop {self.crop}, "
-            f"mean {_floats(self.mean)}, std {_floats(self.std)} ({self.preprocess_source})"
-        )
+        return (f"{self.architecture}, activation {self.activation} ({self.activation_source}){scale}; "
+                f"preprocess: {self.preprocess_text()}")
+
+    def preprocess_text(self) -> str:
+        """``resize … crop … mean … std … (source)``, as ``describe`` and ``inspect`` show it."""
+        return (f"resize {self.resize} ({self.resize_mode}, {self.interpolation}), crop {self.crop}, "
+                f"mean {_floats(self.mean)}, std {_floats(self.std)} ({self.preprocess_source})")
 
 
 def _floats(values: tuple[float, ...]) -> str:

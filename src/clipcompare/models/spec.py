@@ -131,8 +131,8 @@ def _schema_spec(text: str, schema: str, ident: str) -> ModelSpec:
     form, holder = ("clip:hf-hub:ORG/REPO", "repo") if schema == "hf-hub" else ("clip:local-dir:PATH", "folder")
     if not ident:
         raise UserError(f"model spec {text!r}: nothing after '{schema}:'; expected {form}")
-    refused = (f"model spec {text!r}: {form} takes no @TAG or =FILE; the {holder}'s open_clip_config.json "
-               f"and weights say what to build and load")
+    refused = (f"model spec {text!r}: {form} takes no @TAG or =FILE (nor --weights): a tag or weights file makes "
+               f"no sense with it, the {holder}'s open_clip_config.json and weights say what to build and load")
     if schema == "local-dir":
         folder = Path(ident).expanduser()
         # '@' and '=' may be part of a real folder's name; only a path that is no folder is refused for them
