@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from clipcompare.fileio import atomic_path
-from clipcompare.train.model import CHECKPOINT_FORMAT, ContrastiveModel, read_checkpoint
+from clipcompare.train.model import CHECKPOINT_FORMAT, ContrastiveModel
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,6 +53,3 @@ def save_checkpoint(path: Path, model: ContrastiveModel, config: dict[str, Any],
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return read_checkpoint(path)

@@ -30,7 +30,7 @@ from clipcompare.evaluation.metrics import RECALL_KEYS
 from clipcompare.fileio import atomic_write_bytes
 from clipcompare.rundir import LOCK_NAME, RunLock, now_iso, versions
 from clipcompare.train import distributed as D
-from clipcompare.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from clipcompare.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from clipcompare.train.config import TrainConfig, difference
 from clipcompare.train.images import PixelSource
 from clipcompare.train.loop import (
@@ -43,7 +43,7 @@ from clipcompare.train.loop import (
     run_epoch,
     truncate_jsonl,
 )
-from clipcompare.train.model import ContrastiveModel, build_model, parameter_counts
+from clipcompare.train.model import ContrastiveModel, build_model, parameter_counts, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def _train(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: 
         raise UserError("training needs a train and a validation split with images")
 
     ckpt_path = out / "checkpoints" / "latest.pt"
-    ckpt = load_checkpoint(ckpt_path) if stored is not None and ckpt_path.is_file() else None
+    ckpt = read_checkpoint(ckpt_path) if stored is not None and ckpt_path.is_file() else None
     seed_everything(config.seed)
     built = build_model(config, keep_clip_visual=ckpt is None and dist.is_main)
     model = built.model.to(device)
