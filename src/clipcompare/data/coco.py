@@ -286,8 +286,9 @@ def _finish(name: str, root: Path, entries: list[_Entry], asked: int | None, see
 def _materialise(name: str, root: Path, picks: list[_Entry], candidates: int, counts: dict[str, int],
                  description: dict[str, Any], *, source: str, asked: int | None) -> CaptionedImages:
     """Drop (and count) picks whose file is missing; record the split in ``description``."""
-    present = [e for e in picks if os.path.isfile(root / e.path)]
-    missing = [e.path for e in picks if not os.path.isfile(root / e.path)] if len(present) < len(picks) else []
+    exists = [os.path.isfile(root / e.path) for e in picks]  # one stat per file: COCO has 123k
+    present = [e for e, ok in zip(picks, exists) if ok]
+    missing = [e.path for e, ok in zip(picks, exists) if not ok]
     description["splits"][name] = {
         "source": source, "asked": asked, "candidates": candidates, "drawn": len(picks), "got": len(present),
         "missing_images": len(missing), "missing_examples": missing[:5], **counts,
