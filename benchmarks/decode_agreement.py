@@ -12,7 +12,7 @@ scikit-image is installed), it prints:
 nearly one class for everything, so "top-1" is also given for logits centred over the images
 (each class's mean over the set subtracted), which depends on the image.
 
-    .venv/bin/python benchmarks/decode_agreement.py                 # CPU: decode_jpeg via libjpeg
+    .venv/bin/python benchmarks/decode_agreement.py                 # CPU: TorchCodec's decode_jpeg via libjpeg
     .venv/bin/python benchmarks/decode_agreement.py --device cuda   # nvJPEG + GPU resize
 """
 

@@ -1,7 +1,7 @@
 """``--decode gpu`` on CPU tensors: the tensor preprocessing against each model's PIL transform, routing, fallbacks.
 
-torchvision's ``decode_jpeg`` and the tensor transforms run on CPU too, so everything here except
-nvJPEG itself is the code a GPU runs. Stated bound: after resize and crop, every pixel of the
+TorchCodec's ``decode_jpeg`` (libjpeg-turbo on CPU, nvJPEG on CUDA) and the tensor transforms run on
+CPU too, so everything here except nvJPEG itself is the code a GPU runs. Stated bound: after resize and crop, every pixel of the
 tensor path is within 1/255 of the PIL path (one 8-bit level; both round the resized image to
 uint8), i.e. within (1/255)/std after normalisation.
 """
@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import sys
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torchcodec.decoders import decode_jpeg
 from torchvision import transforms as T
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from clipcompare.data.decode import load_rgb
 from clipcompare.data.gpu_decode import DeviceDecoder, EncodedImages, collate_raw, jpeg_route
@@ -68,7 +70,7 @@ def test_tensor_path_matches_the_pil_path(model):
     sizes = [(500, 375), (375, 500), (96, 72), (240, 240)]
     blobs = [jpeg_bytes(seed, sizes[seed % 4]) for seed in range(120)]
     pil = torch.stack([clf.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
-    decoded = decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs], mode=ImageReadMode.RGB)
+    decoded = decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs], mode="RGB")
     ours = tp(decoded)
     assert ours.shape == pil.shape and ours.dtype == torch.float32
     pixel = ((ours - pil) * torch.tensor(tp.std).view(1, 3, 1, 1)).abs()
@@ -121,7 +123,7 @@ def test_device_decoder_batch_in_order_with_fallbacks_and_skips(tmp_path, monkey
             raise RuntimeError("nvjpeg: unsupported")
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr("torchvision.io.decode_jpeg", picky)
+    monkeypatch.setattr("torchcodec.decoders.decode_jpeg", picky)
     ds = EncodedImages(tmp_path, names, transforms)
     decoder = DeviceDecoder(tmp_path, names, transforms, [tensor_preprocess(t) for t in transforms],
                             torch.device("cpu"))
@@ -157,12 +159,52 @@ def test_cuda_decode_waits_for_the_current_stream(tmp_path, monkeypatch):
         return decode_jpeg(data, *args, **kwargs)
 
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
-    monkeypatch.setattr("torchvision.io.decode_jpeg", decode)
+    monkeypatch.setattr("torchcodec.decoders.decode_jpeg", decode)
     ds = EncodedImages(tmp_path, names, [])
     decoder = DeviceDecoder(tmp_path, names, [], [], torch.device("cuda"))
     images, slots = decoder._decode(collate_raw([ds[0], ds[1]]), [])
     assert calls == ["sync", "decode"] * 3 and slots == [0, 1]
     assert [tuple(im.shape) for im in images] == [(3, 48, 64)] * 2
+
+
+def test_device_decoding_emits_no_deprecation_warning(tmp_path):
+    """torchvision 0.29 deprecated its image decoders for TorchCodec's (docs/decoding.md): the project's
+    decoding calls must not warn. A colour and a greyscale JPEG decoded by the device decoder, a PNG by
+    the CPU path, every warning recorded; the pixels still within one level of the PIL path."""
+    make_image(tmp_path / "a.JPEG", size=(90, 70), seed=0)
+    synthetic_image(np.random.default_rng(1), (70, 90)).convert("L").save(tmp_path / "b.JPEG", quality=90)
+    make_image(tmp_path / "c.png", size=(64, 64), seed=2)
+    names = ["a.JPEG", "b.JPEG", "c.png"]
+    transform = T.Compose([T.Resize(40, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32), T.ToTensor(),
+                           T.Normalize((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))])
+    pre = tensor_preprocess(transform)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = EncodedImages(tmp_path, names, [transform])
+        decoder = DeviceDecoder(tmp_path, names, [transform], [pre], torch.device("cpu"))
+        batch = decoder(collate_raw([ds[i] for i in range(len(names))]))
+    deprecations = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+                    if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecations == []
+    assert decoder.decoded == 2 and dict(decoder.fallbacks) == {"not a JPEG": 1}
+    ref = torch.stack([transform(load_rgb(tmp_path / n)) for n in names])
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    assert ((batch.tensors[0] - ref) * std).abs().max().item() <= PIXEL_BOUND
+
+
+def test_decode_gpu_without_a_loadable_torchcodec_is_one_line(tmp_path, capsys, monkeypatch):
+    """TorchCodec's wheels are built for one torch/CUDA; a missing or mismatched one is the user's to fix."""
+    from clipcompare.cli import main
+
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # `import torchcodec` now raises ImportError
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=1)
+    out = tmp_path / "run"
+    argv = ["evaluate", "-m", CLIP, "-d", f"imagenet={data}", "--out", str(out), "--allow-random", "--templates",
+            "single", "--workers", "0", "--no-progress", "--device", "cpu", "--decode", "gpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "TorchCodec" in err and "--decode cpu" in err
+    assert not out.exists()  # refused before the run directory, its lock or any model
 
 
 def test_evaluate_decode_gpu_on_cpu_matches_decode_cpu(tmp_path):

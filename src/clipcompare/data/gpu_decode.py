@@ -7,7 +7,9 @@ it: PNGs and other formats, CMYK JPEGs (PIL's CMYK→RGB is not libjpeg's), JPEG
 orientation (``load_rgb`` owns that decision), and files that do not end in a JPEG end-of-image
 marker (truncated: the CPU path reports them as a skip, where nvJPEG might return a grey tail).
 In the main process :class:`DeviceDecoder` decodes the batch's JPEGs with one
-``torchvision.io.decode_jpeg(list, device=...)`` call, runs each model's
+``torchcodec.decoders.decode_jpeg(list, device=...)`` call (nvJPEG's batched decoder on CUDA,
+libjpeg-turbo on CPU; torchvision's ``decode_jpeg`` is deprecated since 0.29, see
+docs/decoding.md), runs each model's
 :class:`~clipcompare.data.tensor_preprocess.TensorPreprocess` once per distinct transform, and
 sends any JPEG the decoder rejects through the CPU path too. Fallbacks are counted by reason.
 """
@@ -17,14 +19,16 @@ from __future__ import annotations
 import io
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from clipcompare.data.decode import Batch, DecodedImages, Transform, decode_and_transform
 from clipcompare.data.tensor_preprocess import TensorPreprocess
+from clipcompare.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,21 @@ _EXIF_ORIENTATION = 0x0112
 
 # One item: (position, encoded JPEG bytes | None, CPU-path tensors | None, fallback reason | None, error | None)
 RawItem = tuple[int, "torch.Tensor | None", "tuple[torch.Tensor, ...] | None", "str | None", "str | None"]
+
+
+def jpeg_decoder() -> Callable[..., Any]:
+    """TorchCodec's ``decode_jpeg``, looked up when called (so tests can stand in for it).
+
+    TorchCodec's wheels carry native libraries built for one torch and CUDA: a mismatched install
+    fails here, as one line naming the way out instead of a traceback from the loader.
+    """
+    try:
+        from torchcodec import decoders
+    except (ImportError, OSError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--decode gpu decodes with TorchCodec, which did not load ({reason}); install the "
+                        "torchcodec build that matches your torch (docs/decoding.md) or use --decode cpu") from None
+    return decoders.decode_jpeg
 
 
 def jpeg_route(data: bytes) -> str | None:
@@ -105,6 +124,7 @@ class DeviceDecoder:
         self.transforms, self.preprocesses, self.device = tuple(transforms), tuple(preprocesses), device
         self.fallbacks: Counter[str] = Counter()  # reason -> images that took the CPU path
         self.decoded = 0  # images decoded on the device
+        self.decode_jpeg = jpeg_decoder()  # a missing or mismatched TorchCodec stops here, before any batch
 
     def __call__(self, raw: RawBatch) -> Batch:
         n = len(raw.positions)
@@ -153,15 +173,14 @@ class DeviceDecoder:
         return images, slots
 
     def _decode_jpeg(self, data: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        from torchvision import io
-
         if self.device.type == "cuda":
-            # torchvision's CUDA decoder allocates its outputs on the current stream but writes them
-            # from a private stream that does not wait for it (pytorch/vision#9606): a block freed on
-            # this stream while queued kernels (the last batch's resize) still read it could be
-            # overwritten. Draining the stream first closes that; the decoder syncs its own anyway.
+            # nvJPEG's hardware engine does not wait for work already queued on the stream it is given
+            # (pytorch/vision#9606, meta-pytorch/torchcodec#1634): it could write its outputs into a block
+            # the caching allocator recycled while queued kernels (the last batch's resize) still read
+            # it. Draining the stream first closes that; it costs no wall time, as the decoder
+            # host-synchronizes this same stream before it returns anyway.
             torch.cuda.current_stream(self.device).synchronize()
-        return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=self.device)
+        return self.decode_jpeg(data, mode="RGB", device=self.device)
 
     def _cpu_path(self, raw: RawBatch, slots: list[int], failures: list) -> tuple[list[torch.Tensor], list[int]]:
         outs: list[tuple[torch.Tensor, ...]] = []

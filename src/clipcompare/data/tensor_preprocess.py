@@ -5,7 +5,7 @@ normalisation out of the model's own transform object (torchvision's ``ImageClas
 a ``transforms.Compose`` of Resize / CenterCrop / to-tensor / Normalize as open_clip builds it), so
 nothing is hard-coded per model; a step it does not know is an error, never silently dropped.
 :class:`TensorPreprocess` then applies them to uint8 RGB images ``[3, H, W]`` (as
-``torchvision.io.decode_jpeg`` returns them, on CPU or CUDA) with torchvision's tensor kernels:
+TorchCodec's ``decode_jpeg`` returns them, on CPU or CUDA) with torchvision's tensor kernels:
 the same output size as the PIL path, the resized image rounded back to uint8 as PIL does, then
 ``/255`` and the mean/std.
 """

@@ -15,6 +15,7 @@ import torch
 
 from clipcompare import distributed
 from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
+from clipcompare.data.gpu_decode import jpeg_decoder
 from clipcompare.errors import UserError
 from clipcompare.evaluation.devices import apply_formats, choose_formats, load_classifiers, resolve_device
 from clipcompare.evaluation.metrics import dataset_metrics, top_column
@@ -72,6 +73,8 @@ def evaluate(
         raise UserError("--batch-size must be at least 1")
     if options.decode not in DECODE_PATHS:
         raise UserError(f"--decode {options.decode!r}: choose from {', '.join(DECODE_PATHS)}")
+    if options.decode == "gpu":
+        jpeg_decoder()  # TorchCodec loads, or one line now, before any model is loaded
     precision = parse_dtype(options.precision)
     device = resolve_device(options.device)
     support = dtype_support(precision, device.type)
