@@ -32,7 +32,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, device: torch.device) -> list[Classifier]:
     """Each model on ``device`` as ``options`` asks (templates, head cache, random weights, precision)."""
-    from clipcompare.zeroshot import default_cache_dir
+    from clipcompare.cache import default_cache_dir
 
     return create_classifiers(specs, templates=options.templates, cache_dir=options.cache_dir or default_cache_dir(),
                               allow_random=options.allow_random, device=device,

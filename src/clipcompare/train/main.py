@@ -121,9 +121,9 @@ class _Data:
 
 def _load_text(model: ContrastiveModel, tokenizer, config: TrainConfig, images, device: torch.device,
                dist: D.DistInfo) -> tuple[torch.Tensor, np.ndarray, list[int]]:
+    from clipcompare.cache import default_cache_dir
     from clipcompare.captions import caption_embeddings
     from clipcompare.models.hashing import model_identity
-    from clipcompare.zeroshot import default_cache_dir
 
     texts, owner = images.flat_captions()
     model_id = model_identity(config.text_model, model.text)
