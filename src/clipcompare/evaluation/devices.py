@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from clipcompare.dtypes import DTYPES, parse_dtype
 from clipcompare.errors import UserError
 from clipcompare.evaluation.options import EvaluateOptions
 from clipcompare.models.classifier import Classifier, create_classifiers
 from clipcompare.models.spec import ModelSpec
-from clipcompare.precision.support import DTYPES, parse_dtype
 
 log = logging.getLogger(__name__)
 

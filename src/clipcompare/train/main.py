@@ -97,7 +97,7 @@ def make_optimizer(model: ContrastiveModel, config: TrainConfig) -> torch.optim.
 
 
 def _check_precision(config: TrainConfig, device: torch.device) -> None:
-    from clipcompare.precision.support import dtype_support
+    from clipcompare.dtypes import dtype_support
 
     if config.precision == "fp32":
         return
