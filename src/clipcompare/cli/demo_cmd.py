@@ -125,8 +125,9 @@ def _classify(specs, photos, paths, device) -> set[str]:
     """Print each photo's top-3 from CLIP over free-text labels, and from both models over ImageNet; returns
     the models that ran with random weights."""
     from clipcompare.cache import default_cache_dir
+    from clipcompare.classes import ClassSet
     from clipcompare.classify import classify, open_images
-    from clipcompare.models.classifier import ClassSet, create_classifiers
+    from clipcompare.models.classifier import create_classifiers
 
     classifiers = create_classifiers(specs, templates="single", cache_dir=default_cache_dir(), allow_random=True,
                                      device=device)

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipcompare.classes import ClassSet
 from clipcompare.dtypes import DTYPES, DtypeSupport, dtype_support, parse_dtype
 from clipcompare.errors import UserError
 from clipcompare.imagenet.classes import SEED_LABELS
-from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier, create_classifier, wrap_loaded
+from clipcompare.models.classifier import Classifier, ClipClassifier, create_classifier, wrap_loaded
 from clipcompare.models.inspect import image_tower
 from clipcompare.models.loading import seeded_init
 from clipcompare.models.spec import ModelSpec, parse_spec
