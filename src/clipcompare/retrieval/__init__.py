@@ -6,8 +6,8 @@ from embeddings: pure functions), :mod:`.encode` (image embeddings; captions com
 """
 
 from clipcompare.retrieval.encode import encode_images
-from clipcompare.retrieval.metrics import DEFAULT_KS, recall_at_k, recalls_of_loaded
+from clipcompare.retrieval.metrics import RECALL_KEYS, RETRIEVAL_KS, recall_at_k, recall_key, recalls_of_loaded
 from clipcompare.retrieval.run import RetrievalOptions, check_retrieval_specs, evaluate, run_retrieval
 
-__all__ = ["DEFAULT_KS", "RetrievalOptions", "check_retrieval_specs", "encode_images", "evaluate", "recall_at_k",
-           "recalls_of_loaded", "run_retrieval"]
+__all__ = ["RECALL_KEYS", "RETRIEVAL_KS", "RetrievalOptions", "check_retrieval_specs", "encode_images", "evaluate",
+           "recall_at_k", "recall_key", "recalls_of_loaded", "run_retrieval"]

@@ -17,9 +17,16 @@ from typing import Any
 
 import torch
 
-from clipcompare.evaluation.metrics import RETRIEVAL_KS, recall_key
+RETRIEVAL_KS: tuple[int, ...] = (1, 5, 10)
 
-DEFAULT_KS: tuple[int, ...] = RETRIEVAL_KS
+
+def recall_key(direction: str, k: int) -> str:
+    """CLIP_benchmark's metric name: ``text`` retrieval is image→text, ``image`` retrieval is text→image."""
+    return f"{direction}_retrieval_recall@{k}"
+
+
+# the six recalls every retrieval table shows: image→text R@1/5/10, then text→image R@1/5/10
+RECALL_KEYS: tuple[str, ...] = tuple(recall_key(d, k) for d in ("text", "image") for k in RETRIEVAL_KS)
 
 
 @torch.no_grad()
@@ -27,7 +34,7 @@ def recall_at_k(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
     text_to_image: Sequence[int] | torch.Tensor,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = RETRIEVAL_KS,
     *,
     batch_size: int = 1024,
 ) -> dict[str, float]:
@@ -77,7 +84,7 @@ def recall_at_k(
 @torch.no_grad()
 def recalls_of_loaded(
     image_emb: torch.Tensor, kept: Sequence[int], text_emb: torch.Tensor, owner: Sequence[int],
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = RETRIEVAL_KS,
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """Recall@K over the images that loaded (row r of ``image_emb`` is image ``kept[r]``) and their
     captions (``text_emb`` holds every caption, ``owner`` each one's image): the captions of the

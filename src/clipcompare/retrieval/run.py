@@ -20,7 +20,7 @@ from clipcompare.data.coco import CaptionedImages, CaptionSplits
 from clipcompare.errors import UserError
 from clipcompare.models.spec import ModelSpec
 from clipcompare.retrieval.encode import encode_images
-from clipcompare.retrieval.metrics import DEFAULT_KS, recalls_of_loaded
+from clipcompare.retrieval.metrics import RETRIEVAL_KS, recalls_of_loaded
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     caption_cache_dir: Path | None = None,
     model_id: str | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = RETRIEVAL_KS,
     workers: int = 0,
     text_embeddings: torch.Tensor | None = None,
 ) -> dict[str, Any]:
@@ -80,7 +80,7 @@ class RetrievalOptions:
     device: str | None = None
     workers: int = 0
     allow_random: bool = False
-    ks: tuple[int, ...] = DEFAULT_KS
+    ks: tuple[int, ...] = RETRIEVAL_KS
     cache_dir: Path | None = None  # caption-embedding cache; None: no disk cache
     out: Path | None = None  # writes out/retrieval.json after every model
     command: tuple[str, ...] = ()

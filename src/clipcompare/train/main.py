@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from clipcompare.errors import UserError
-from clipcompare.evaluation.metrics import RECALL_KEYS
 from clipcompare.fileio import atomic_write_bytes
+from clipcompare.retrieval import RECALL_KEYS
 from clipcompare.rundir import LOCK_NAME, RunLock, now_iso, versions
 from clipcompare.train import distributed as D
 from clipcompare.train.checkpoint import rng_state, save_checkpoint, set_rng_state
