@@ -32,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
 
+    from clipcompare.architecture import build_report
     from clipcompare.cli.evaluate_cmd import format_summary, summary_rows
     from clipcompare.cli.inspect_cmd import render
     from clipcompare.data.base import DatasetSpec
     from clipcompare.data.photos import SAMPLE_PHOTOS, write_domains, write_photos
     from clipcompare.evaluation import EvaluateOptions, evaluate, resolve_device
-    from clipcompare.models.inspect import build_report
     from clipcompare.precision import PrecisionConfig, save_report
     from clipcompare.precision import evaluate as precision_evaluate
     from clipcompare.report import build_report as build_html_report

@@ -22,9 +22,9 @@ from clipcompare.dtypes import DTYPES, DtypeSupport, dtype_support, parse_dtype
 from clipcompare.errors import UserError
 from clipcompare.imagenet.classes import SEED_LABELS
 from clipcompare.models.classifier import Classifier, ClipClassifier, create_classifier, wrap_loaded
-from clipcompare.models.inspect import image_tower
 from clipcompare.models.loading import seeded_init
 from clipcompare.models.spec import ModelSpec, parse_spec
+from clipcompare.models.towers import image_tower
 from clipcompare.precision.drift import DriftStats, prediction_drift
 from clipcompare.precision.environment import environment_info
 from clipcompare.precision.images import generate_images, load_images
