@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipcompare.classes import ClassSet
 from clipcompare.data.decode import DecodedImages, collate
 from clipcompare.data.gpu_decode import DeviceDecoder, EncodedImages, collate_raw
 from clipcompare.data.synthetic import synthetic_image
 from clipcompare.data.tensor_preprocess import tensor_preprocess
+from clipcompare.dtypes import dtype_support
 from clipcompare.evaluation import EvaluateOptions, load_classifiers, resolve_device
-from clipcompare.models.classifier import ClassSet
 from clipcompare.models.spec import DEFAULT_MODELS, parse_spec
-from clipcompare.precision.support import dtype_support
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "camera", "coins")

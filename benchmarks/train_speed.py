@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clipcompare.data.synthetic import make_image_folder
-from clipcompare.precision.support import environment_info
+from clipcompare.precision.environment import environment_info
 from clipcompare.runtime import steady_heap
 from clipcompare.train.checkpoint import rng_state, save_checkpoint
 from clipcompare.train.config import TrainConfig

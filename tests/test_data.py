@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,14 @@ def test_data_package_stays_out_of_path_parsing_for_existing_colon_paths(tmp_pat
     make_image_folder(odd, ["a"], per_class=1)
     spec = parse_dataset_arg(f"folder={odd}")
     assert spec.root == Path(odd) and spec.option is None
+
+
+def test_no_data_module_imports_the_model_layer():
+    # data/ sits below models/ (DESIGN.md): ClassSet lives in clipcompare.classes so datasets can name
+    # their classes without loading models/; checked in a fresh interpreter, where nothing else is loaded.
+    code = ("import importlib, pkgutil, sys, clipcompare.data\n"
+            "for m in pkgutil.iter_modules(clipcompare.data.__path__):\n"
+            "    importlib.import_module('clipcompare.data.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('clipcompare.models')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from clipcompare.classes import ClassSet
 from clipcompare.data import build_dataset, parse_dataset_arg
 from clipcompare.evaluation import EvaluateOptions, evaluate
 from clipcompare.evaluation.metrics import prob_column, top_column
 from clipcompare.imagenet.classes import IMAGENET_R_INDICES, imagenet_classes
-from clipcompare.models.classifier import ClassSet, create_classifier
+from clipcompare.models.classifier import create_classifier
 from helpers import interrupt_after_first_chunk, make_image, make_image_folder
 
 RESNET = "resnet18"

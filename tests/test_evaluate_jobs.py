@@ -154,7 +154,7 @@ def test_precision_is_recorded_binds_the_run_and_warns_when_emulated(tmp_path, m
     assert "precision" in capsys.readouterr().err
 
     # a CPU without native fp16: evaluate says so in the log, run.json and the summary
-    monkeypatch.setattr("clipcompare.precision.support.cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr("clipcompare.dtypes.cpu_flags", lambda: frozenset({"avx2"}))
     assert main(cli_args(data, tmp_path / "fp16", "--precision", "fp16")) == 0
     text = capsys.readouterr().out
     assert "precision fp16" in text and "emulated" in text and "emulated" in caplog.text

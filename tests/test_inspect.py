@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from clipcompare.models import inspect as insp
+from clipcompare import architecture as arch
 from clipcompare.models.loading import LoadedModel, load_model
 from clipcompare.models.spec import parse_spec
+from clipcompare.models.towers import image_tower
 
 RESNET50_PARAMS = 25_557_032
 RN50_IMAGE_PARAMS = 38_316_896
@@ -30,7 +31,7 @@ def _load(text: str) -> LoadedModel:
 
 def _whole_forward_flops(tower: torch.nn.Module, size: int) -> int:
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), insp.mha_fastpath_disabled(), counter:
+    with torch.no_grad(), arch.mha_fastpath_disabled(), counter:
         tower(torch.zeros(1, 3, size, size))
     return counter.get_total_flops()
 
@@ -54,22 +55,22 @@ def clip_vitb32() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def full_report(resnet50, clip_rn50, clip_vitb32) -> insp.InspectReport:
-    return insp.build_report([resnet50, clip_rn50, clip_vitb32])
+def full_report(resnet50, clip_rn50, clip_vitb32) -> arch.InspectReport:
+    return arch.build_report([resnet50, clip_rn50, clip_vitb32])
 
 
 @pytest.fixture(scope="session")
-def r50(full_report) -> insp.ModelInspection:
+def r50(full_report) -> arch.ModelInspection:
     return full_report.models[0]
 
 
 @pytest.fixture(scope="session")
-def rn50(full_report) -> insp.ModelInspection:
+def rn50(full_report) -> arch.ModelInspection:
     return full_report.models[1]
 
 
 @pytest.fixture(scope="session")
-def vit(full_report) -> insp.ModelInspection:
+def vit(full_report) -> arch.ModelInspection:
     return full_report.models[2]
 
 
@@ -87,10 +88,10 @@ def tiny_vit() -> LoadedModel:
 
 
 def test_tiny_rn_stages_sum_and_flops(tiny_rn):
-    m = insp.inspect_loaded(tiny_rn)
+    m = arch.inspect_loaded(tiny_rn)
     assert m.image_size == 64  # the tower's own input size, not 224
     assert [s.name for s in m.stages] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
-    assert sum(s.params for s in m.stages) == m.params_image == insp.count_params(tiny_rn.model.visual)
+    assert sum(s.params for s in m.stages) == m.params_image == arch.count_params(tiny_rn.model.visual)
     assert m.params_text == m.params_total - m.params_image > 0
     assert m.stages[-1].output_shape == [1, 64]  # embed_dim of the tiny config
     whole = _whole_forward_flops(tiny_rn.model.visual, 64)
@@ -101,7 +102,7 @@ def test_tiny_rn_stages_sum_and_flops(tiny_rn):
 
 
 def test_tiny_vit_summary_and_top_level_row(tiny_vit):
-    m = insp.inspect_loaded(tiny_vit)
+    m = arch.inspect_loaded(tiny_vit)
     assert m.resnet is None and m.vit is not None
     v = m.vit
     assert (v.patch_size, v.width, v.blocks, v.grid, v.tokens) == (16, 64, 2, 4, 17)
@@ -114,7 +115,7 @@ def test_tiny_vit_summary_and_top_level_row(tiny_vit):
 
 def test_mha_fastpath_restored(tiny_vit):
     before = torch.backends.mha.get_fastpath_enabled()
-    insp.inspect_loaded(tiny_vit)
+    arch.inspect_loaded(tiny_vit)
     assert torch.backends.mha.get_fastpath_enabled() == before
 
 
@@ -128,7 +129,7 @@ def test_stage_groups_generic_split():
             self.pool = torch.nn.AdaptiveAvgPool2d(1)
             self.fc = torch.nn.Linear(4, 2)
 
-    assert insp.stage_groups(Toy()) == [
+    assert arch.stage_groups(Toy()) == [
         ("stem", ["a"]), ("layer1", ["layer1"]), ("layer2", ["layer2"]), ("head", ["pool", "fc"]),
     ]
 
@@ -168,7 +169,7 @@ def test_stage_params_sum_to_total(r50, rn50, vit):
 @pytest.mark.slow
 def test_flops_match_whole_forward(r50, rn50, vit, resnet50, clip_rn50, clip_vitb32):
     for m, loaded in ((r50, resnet50), (rn50, clip_rn50), (vit, clip_vitb32)):
-        whole = _whole_forward_flops(insp.image_tower(loaded.model), 224)
+        whole = _whole_forward_flops(image_tower(loaded.model), 224)
         assert m.flops == whole == sum(s.flops for s in m.stages)
     # torch counts 2 FLOPs per MAC: ResNet-50's well-known ~4.09 GMACs
     assert r50.flops == 8_178_368_512
@@ -246,7 +247,7 @@ def test_cli_text_output(capsys, monkeypatch, resnet50, clip_rn50, clip_vitb32):
     # reuse the session's models instead of building them again (specs as parsed may still lack
     # the CLIP tag the loader resolves, so match on family and architecture)
     built = {(m.spec.family, m.spec.arch): m for m in (resnet50, clip_rn50, clip_vitb32)}
-    monkeypatch.setattr(insp, "load_model", lambda spec, **_: built[(spec.family, spec.arch)])
+    monkeypatch.setattr("clipcompare.architecture.run.load_model", lambda spec, **_: built[(spec.family, spec.arch)])
     assert main(["inspect", "--model", "resnet50", "--model", "clip:RN50", "--model", "clip:ViT-B-32"]) == 0
     out = capsys.readouterr().out
     assert "weights     random init (resnet50-0676ba61.pth not found)" in out

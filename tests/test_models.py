@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from clipcompare.classes import ClassSet
 from clipcompare.cli import main
 from clipcompare.errors import MissingWeightsError, UserError
-from clipcompare.models.classifier import ClassSet, create_classifier
+from clipcompare.models.classifier import create_classifier
 from clipcompare.models.loading import load_model
 from clipcompare.models.spec import ModelSpec, parse_spec
 from helpers import save_openai_torchscript

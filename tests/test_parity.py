@@ -21,8 +21,9 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from safetensors.torch import save_file
 
+from clipcompare.classes import ClassSet
 from clipcompare.data.synthetic import synthetic_image
-from clipcompare.models.classifier import ClassSet, create_classifier
+from clipcompare.models.classifier import create_classifier
 from clipcompare.models.loading import activation_names, load_model, register_tiny_configs
 from clipcompare.models.spec import parse_spec
 from helpers import make_image_folder, save_openai_torchscript

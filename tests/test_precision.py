@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import nn
 
+from clipcompare.classes import ClassSet
 from clipcompare.cli import main
+from clipcompare.dtypes import dtype_support
 from clipcompare.imagenet.classes import SEED_LABELS
-from clipcompare.models.classifier import ClassSet, SupervisedClassifier
+from clipcompare.models.classifier import SupervisedClassifier
 from clipcompare.models.loading import LoadedModel
 from clipcompare.models.spec import ModelSpec
 from clipcompare.precision import (
     PrecisionConfig,
-    dtype_support,
     evaluate,
     evaluate_model,
     generate_images,

@@ -8,9 +8,10 @@ import open_clip
 import pytest
 import torch
 
+from clipcompare.classes import ClassSet
 from clipcompare.cli import main
 from clipcompare.errors import UserError
-from clipcompare.models.classifier import ClassSet, ClipClassifier
+from clipcompare.models.classifier import ClipClassifier
 from clipcompare.models.loading import load_model
 from clipcompare.models.spec import parse_spec
 from clipcompare.zeroshot import build_head, cached_head, head_cache_key, load_templates

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clipcompare.zeroshot import cached_tensor, encode_prompts
+from clipcompare.cache import cached_tensor
+from clipcompare.zeroshot import encode_prompts
 
 log = logging.getLogger(__name__)
 

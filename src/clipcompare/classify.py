@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from clipcompare.classes import ClassSet
 from clipcompare.data.decode import load_rgb
 from clipcompare.errors import UserError
-from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier
+from clipcompare.models.classifier import Classifier, ClipClassifier
 
 log = logging.getLogger(__name__)
 

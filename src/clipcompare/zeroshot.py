@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,10 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipcompare.cache import cached_tensor
 from clipcompare.errors import UserError
-from clipcompare.fileio import atomic_path
-
-log = logging.getLogger(__name__)
 
 Template = str | Callable[[str], str]
 SINGLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
@@ -144,15 +140,7 @@ def build_head(
     return F.normalize(emb, dim=-1).T.contiguous()
 
 
-# --------------------------------------------------------------------------- disk cache
-
-
-def default_cache_dir() -> Path:
-    """``$CLIPCOMPARE_CACHE`` or ``$XDG_CACHE_HOME/clipcompare`` (``~/.cache/clipcompare``)."""
-    env = os.environ.get("CLIPCOMPARE_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipcompare"
+# --------------------------------------------------------------------------- head cache
 
 
 def head_cache_key(model_id: str, classnames: Sequence[str], templates: Sequence[Template]) -> str:
@@ -179,34 +167,3 @@ def cached_head(
         path = Path(cache_dir) / "heads" / f"{head_cache_key(model_id, classnames, templates)}.pt"
     return cached_tensor(path, lambda: build_head(model, tokenizer, classnames, templates, device=device),
                          device=device, what="zero-shot head")
-
-
-def cached_tensor(
-    path: Path | None,
-    build: Callable[[], torch.Tensor],
-    *,
-    device: str | torch.device = "cpu",
-    what: str = "tensor",
-    rows: int | None = None,
-) -> torch.Tensor:
-    """``path`` loaded (weights_only) when it holds a tensor (of ``rows`` rows, if given), else ``build()``
-    saved there.
-
-    ``path=None`` disables the cache. The write is atomic, so a concurrent or interrupted run never
-    sees half a file; an unreadable or mis-shaped file (a torn write from an older version) is rebuilt.
-    """
-    if path is not None and path.is_file():
-        try:
-            value = torch.load(path, map_location=device, weights_only=True)
-            if isinstance(value, torch.Tensor) and (rows is None or (value.dim() and value.shape[0] == rows)):
-                log.info("loaded %s from %s", what, path)
-                return value
-            log.warning("ignoring cached %s %s: unexpected content", what, path)
-        except Exception:  # noqa: BLE001 - any unreadable cache file is rebuilt, never fatal
-            log.warning("ignoring unreadable cached %s %s", what, path)
-    value = build()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(value.cpu(), tmp)
-    return value

@@ -45,13 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from clipcompare.cache import default_cache_dir
+    from clipcompare.classes import ClassSet
     from clipcompare.classify import classify, expand_paths, open_images, results_to_dict
+    from clipcompare.dtypes import DTYPES, dtype_support, parse_dtype
     from clipcompare.errors import UserError
     from clipcompare.evaluation import resolve_device
     from clipcompare.imagenet.classes import SEED_LABELS
-    from clipcompare.models.classifier import ClassSet, create_classifiers
-    from clipcompare.precision.support import DTYPES, dtype_support, parse_dtype
-    from clipcompare.zeroshot import default_cache_dir
+    from clipcompare.models.classifier import create_classifiers
 
     if args.top < 1:
         raise UserError("--top must be at least 1")

@@ -32,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
 
+    from clipcompare.architecture import build_report
     from clipcompare.cli.evaluate_cmd import format_summary, summary_rows
     from clipcompare.cli.inspect_cmd import render
     from clipcompare.data.base import DatasetSpec
     from clipcompare.data.photos import SAMPLE_PHOTOS, write_domains, write_photos
     from clipcompare.evaluation import EvaluateOptions, evaluate, resolve_device
-    from clipcompare.models.inspect import build_report
     from clipcompare.precision import PrecisionConfig, save_report
     from clipcompare.precision import evaluate as precision_evaluate
     from clipcompare.report import build_report as build_html_report
@@ -124,9 +124,10 @@ class _Clock:
 def _classify(specs, photos, paths, device) -> set[str]:
     """Print each photo's top-3 from CLIP over free-text labels, and from both models over ImageNet; returns
     the models that ran with random weights."""
+    from clipcompare.cache import default_cache_dir
+    from clipcompare.classes import ClassSet
     from clipcompare.classify import classify, open_images
-    from clipcompare.models.classifier import ClassSet, create_classifiers
-    from clipcompare.zeroshot import default_cache_dir
+    from clipcompare.models.classifier import create_classifiers
 
     classifiers = create_classifiers(specs, templates="single", cache_dir=default_cache_dir(), allow_random=True,
                                      device=device)

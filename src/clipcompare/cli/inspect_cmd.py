@@ -10,11 +10,7 @@ from clipcompare.cli.common import add_model_args, format_table, model_specs, pr
 from clipcompare.models.spec import DEFAULT_MODELS
 
 if TYPE_CHECKING:  # the library imports torch; keep `--help` instant
-    from clipcompare.models.inspect import (
-        InspectReport,
-        ModelInspection,
-        StructuralDiff,
-    )
+    from clipcompare.architecture import InspectReport, ModelInspection, StructuralDiff
 
 
 
@@ -35,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Inspect the models and print tables (or JSON)."""
-    from clipcompare.models.inspect import build_report
+    from clipcompare.architecture import build_report
 
     report = build_report(model_specs(args))
     if args.json:

@@ -55,10 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipcompare.cache import default_cache_dir
     from clipcompare.cli.evaluate_cmd import default_workers
     from clipcompare.data.coco import load_caption_splits
     from clipcompare.retrieval import RetrievalOptions, check_retrieval_specs, run_retrieval
-    from clipcompare.zeroshot import default_cache_dir
 
     specs = model_specs(args)
     check_retrieval_specs(specs)

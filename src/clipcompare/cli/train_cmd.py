@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from clipcompare.cli.common import format_table
-    from clipcompare.evaluation.metrics import RECALL_KEYS
+    from clipcompare.retrieval import RECALL_KEYS
     from clipcompare.train.config import TrainConfig
     from clipcompare.train.main import train
 

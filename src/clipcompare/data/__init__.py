@@ -2,7 +2,7 @@
 
 Kinds (see :data:`DATASET_KINDS`): ``imagenet``, ``imagenet-v2``, ``imagenet-sketch``, ``imagenet-r``,
 ``imagenet-a`` and ``folder`` (``folder=PATH[:MAPFILE]``). Each scanned :class:`ImageDataset` carries
-its :class:`~clipcompare.models.classifier.ClassSet` and ``(path, target)`` samples.
+its :class:`~clipcompare.classes.ClassSet` and ``(path, target)`` samples.
 """
 
 from clipcompare.data.base import IMAGE_EXTENSIONS, DatasetSpec, ImageDataset, Sample, is_image_file

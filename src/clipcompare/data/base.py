@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from clipcompare.classes import ClassSet
 from clipcompare.errors import UserError
-from clipcompare.models.classifier import ClassSet
 
 log = logging.getLogger(__name__)
 

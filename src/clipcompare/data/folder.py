@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clipcompare.classes import ClassSet
 from clipcompare.data.base import DatasetSpec, ImageDataset, class_folders, collect_samples, few
 from clipcompare.errors import UserError
 from clipcompare.imagenet.classes import imagenet_index_of_label
-from clipcompare.models.classifier import ClassSet
 
 
 def read_mapping(path: Path) -> dict[str, str]:

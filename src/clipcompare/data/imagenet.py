@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from clipcompare.classes import ClassSet
 from clipcompare.data.base import DatasetSpec, ImageDataset, class_folders, collect_samples, few
 from clipcompare.errors import UserError
-from clipcompare.models.classifier import ClassSet
 
 
 def wnid_folders(

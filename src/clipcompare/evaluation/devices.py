@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from clipcompare.dtypes import DTYPES, parse_dtype
 from clipcompare.errors import UserError
 from clipcompare.evaluation.options import EvaluateOptions
 from clipcompare.models.classifier import Classifier, create_classifiers
 from clipcompare.models.spec import ModelSpec
-from clipcompare.precision.support import DTYPES, parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 def load_classifiers(specs: Sequence[ModelSpec], options: EvaluateOptions, device: torch.device) -> list[Classifier]:
     """Each model on ``device`` as ``options`` asks (templates, head cache, random weights, precision)."""
-    from clipcompare.zeroshot import default_cache_dir
+    from clipcompare.cache import default_cache_dir
 
     return create_classifiers(specs, templates=options.templates, cache_dir=options.cache_dir or default_cache_dir(),
                               allow_random=options.allow_random, device=device,

@@ -15,16 +15,6 @@ import numpy as np
 import pandas as pd
 
 TOP_K = 5
-RETRIEVAL_KS: tuple[int, ...] = (1, 5, 10)
-
-
-def recall_key(direction: str, k: int) -> str:
-    """CLIP_benchmark's metric name: ``text`` retrieval is image→text, ``image`` retrieval is text→image."""
-    return f"{direction}_retrieval_recall@{k}"
-
-
-# the six recalls every retrieval table shows: image→text R@1/5/10, then text→image R@1/5/10
-RECALL_KEYS: tuple[str, ...] = tuple(recall_key(d, k) for d in ("text", "image") for k in RETRIEVAL_KS)
 N_LISTED = 10  # classes / pairs listed in "most misclassified", "confused pairs", "beats"
 N_EXAMPLES = 5  # example paths for "only one model is right"
 

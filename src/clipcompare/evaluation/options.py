@@ -23,7 +23,7 @@ class EvaluateOptions:
     chunk_size: int = 2048  # rows per part file (whole batches)
     flush_seconds: float = 60.0  # ... or sooner, so a slow CPU run also checkpoints
     progress: bool = True
-    cache_dir: Path | None = None  # zero-shot head cache; None: zeroshot.default_cache_dir()
+    cache_dir: Path | None = None  # zero-shot head cache; None: cache.default_cache_dir()
     command: tuple[str, ...] = field(default=())
     decode: str = "cpu"  # "gpu": JPEGs decoded and preprocessed on the device (data.gpu_decode)
     precision: str = "fp32"  # fp32 | bf16 | fp16: the models are cast, as `precision` does

@@ -16,6 +16,7 @@ import torch
 from clipcompare import distributed
 from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
 from clipcompare.data.gpu_decode import jpeg_decoder
+from clipcompare.dtypes import dtype_support, parse_dtype
 from clipcompare.errors import UserError
 from clipcompare.evaluation.devices import apply_formats, choose_formats, load_classifiers, resolve_device
 from clipcompare.evaluation.metrics import dataset_metrics, top_column
@@ -25,7 +26,6 @@ from clipcompare.evaluation.predict import run_dataset
 from clipcompare.evaluation.store import RunStore, SkipLog
 from clipcompare.models.classifier import Classifier
 from clipcompare.models.spec import ModelSpec, parse_spec
-from clipcompare.precision.support import dtype_support, parse_dtype
 from clipcompare.rundir import RunLock, now_iso, versions
 from clipcompare.runtime import steady_heap
 

@@ -2,12 +2,12 @@
 
 from clipcompare.models.spec import ModelSpec, parse_spec
 
-__all__ = ["ModelSpec", "parse_spec", "ClassSet", "Classifier", "create_classifier", "load_model", "LoadedModel"]
+__all__ = ["ModelSpec", "parse_spec", "Classifier", "create_classifier", "load_model", "LoadedModel"]
 
 
 def __getattr__(name: str):
     # torch-heavy modules load lazily so `clipcompare --help` stays instant
-    if name in ("ClassSet", "Classifier", "create_classifier"):
+    if name in ("Classifier", "create_classifier"):
         from clipcompare.models import classifier
 
         return getattr(classifier, name)

@@ -37,13 +37,11 @@ from clipcompare.precision.run import (
     evaluate,
     evaluate_model,
 )
-from clipcompare.precision.support import dtype_support
 from clipcompare.precision.timing import measure_latency
 from clipcompare.runtime import steady_heap
 
 __all__ = [
     "PrecisionConfig",
-    "dtype_support",
     "evaluate",
     "evaluate_model",
     "generate_images",

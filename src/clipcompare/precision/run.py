@@ -17,13 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipcompare.classes import ClassSet
+from clipcompare.dtypes import DTYPES, DtypeSupport, dtype_support, parse_dtype
 from clipcompare.errors import UserError
 from clipcompare.imagenet.classes import SEED_LABELS
-from clipcompare.models.classifier import Classifier, ClassSet, ClipClassifier, create_classifier, wrap_loaded
-from clipcompare.models.inspect import image_tower
+from clipcompare.models.classifier import Classifier, ClipClassifier, create_classifier, wrap_loaded
 from clipcompare.models.loading import seeded_init
 from clipcompare.models.spec import ModelSpec, parse_spec
+from clipcompare.models.towers import image_tower
 from clipcompare.precision.drift import DriftStats, prediction_drift
+from clipcompare.precision.environment import environment_info
 from clipcompare.precision.images import generate_images, load_images
 from clipcompare.precision.memory import (
     MemoryStats,
@@ -32,13 +35,6 @@ from clipcompare.precision.memory import (
     weight_bytes,
 )
 from clipcompare.precision.report import _jsonable
-from clipcompare.precision.support import (
-    DTYPES,
-    DtypeSupport,
-    dtype_support,
-    environment_info,
-    parse_dtype,
-)
 from clipcompare.precision.timing import LatencyStats, fixed_threads, measure_latency
 from clipcompare.runtime import steady_heap
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from clipcompare.errors import UserError
-from clipcompare.evaluation.metrics import RECALL_KEYS
 from clipcompare.fileio import atomic_write_bytes
+from clipcompare.retrieval import RECALL_KEYS
 from clipcompare.rundir import LOCK_NAME, RunLock, now_iso, versions
 from clipcompare.train import distributed as D
 from clipcompare.train.checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -97,7 +97,7 @@ def make_optimizer(model: ContrastiveModel, config: TrainConfig) -> torch.optim.
 
 
 def _check_precision(config: TrainConfig, device: torch.device) -> None:
-    from clipcompare.precision.support import dtype_support
+    from clipcompare.dtypes import dtype_support
 
     if config.precision == "fp32":
         return
@@ -121,9 +121,9 @@ class _Data:
 
 def _load_text(model: ContrastiveModel, tokenizer, config: TrainConfig, images, device: torch.device,
                dist: D.DistInfo) -> tuple[torch.Tensor, np.ndarray, list[int]]:
+    from clipcompare.cache import default_cache_dir
     from clipcompare.captions import caption_embeddings
     from clipcompare.models.hashing import model_identity
-    from clipcompare.zeroshot import default_cache_dir
 
     texts, owner = images.flat_captions()
     model_id = model_identity(config.text_model, model.text)

@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from clipcompare.evaluation.metrics import RECALL_KEYS
 from clipcompare.report import plots
 from clipcompare.report.blocks import (
     Cell,
@@ -36,6 +35,7 @@ from clipcompare.report.blocks import (
     run_label,
     thumbnail,
 )
+from clipcompare.retrieval import RECALL_KEYS
 
 log = logging.getLogger(__name__)
 

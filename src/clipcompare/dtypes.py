@@ -1,4 +1,7 @@
-"""Dtype names and whether a dtype runs on a device, natively or emulated: CPU flags, CUDA capability, environment."""
+"""Dtype names and whether a dtype runs on a device, natively or emulated: CPU flags, CUDA capability.
+
+Task-free: evaluate, classify, train and precision all parse ``--precision`` and check it here.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import platform
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -56,7 +58,8 @@ def cpu_flags() -> frozenset[str]:
     return frozenset((info.get("flags") or info.get("Features") or "").split())
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else what :mod:`platform` says)."""
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
@@ -120,31 +123,3 @@ def _cuda_support(dtype: str) -> DtypeSupport:
         return DtypeSupport(dtype, "cuda", True, False,
                             f"bf16 on compute capability {major}.{minor} is emulated (native from 8.0), expect it slow")
     return DtypeSupport(dtype, "cuda", True, True)
-
-
-def environment_info(device: str, threads: int) -> dict[str, Any]:
-    """What the numbers depend on: versions, CPU features, thread count, GPU and its TF32 settings."""
-    flags = cpu_flags()
-    interesting = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16",
-                   "amx_tile", "amx_bf16", "amx_fp16", "asimdhp", "bf16")
-    info: dict[str, Any] = {
-        "torch": torch.__version__,
-        "device": device,
-        "threads": threads,
-        "cpu": _cpu_model(),
-        "cpu_capability": cpu_capability(),
-        "cpu_flags": [f for f in interesting if f in flags],
-        "cuda": None,
-    }
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        info["cuda"] = {
-            "name": torch.cuda.get_device_name(),
-            "capability": f"{major}.{minor}",
-            "cuda_version": torch.version.cuda,
-            "bf16_supported": torch.cuda.is_bf16_supported(including_emulation=False),
-            # "fp32" convolutions use TF32 tensor cores on Ampere+ unless these are off
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        }
-    return info
