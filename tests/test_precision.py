@@ -14,8 +14,8 @@ from torch import nn
 
 from clipcompare.cli import main
 from clipcompare.imagenet.classes import SEED_LABELS
+from clipcompare.models.build_info import LoadedModel
 from clipcompare.models.classifier import ClassSet, SupervisedClassifier
-from clipcompare.models.loading import LoadedModel
 from clipcompare.models.spec import ModelSpec
 from clipcompare.precision import (
     PrecisionConfig,

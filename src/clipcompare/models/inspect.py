@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from clipcompare.models.loading import LoadedModel, activation_names, load_model
+from clipcompare.models.build_info import LoadedModel, activation_names
+from clipcompare.models.loading import load_model
 from clipcompare.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
