@@ -22,7 +22,8 @@ from clipcompare.cli import main
 from clipcompare.data.decode import load_rgb
 from clipcompare.errors import MissingWeightsError, UserError
 from clipcompare.models.classifier import create_classifier
-from clipcompare.models.loading import load_model, register_tiny_configs
+from clipcompare.models.clip import register_tiny_configs
+from clipcompare.models.loading import load_model
 from clipcompare.models.spec import ModelSpec, parse_spec
 from helpers import make_image
 
@@ -305,9 +306,9 @@ def test_hf_hub_config_without_weights(hf_cache):
 def test_local_dir_as_train_text_model(tmp_path):
     """train's frozen text tower may come from a folder; its checkpoint loads back (trained=PATH) with those weights."""
     from clipcompare.data.synthetic import make_coco
+    from clipcompare.models.contrastive import load_trained
     from clipcompare.train.config import TrainConfig
     from clipcompare.train.main import train
-    from clipcompare.train.model import load_trained
 
     state = _tiny_state(seed=3)
     folder = _write_model_files(tmp_path / "text-clip", state)

@@ -13,7 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from clipcompare import architecture as arch
-from clipcompare.models.loading import LoadedModel, load_model
+from clipcompare.models.build_info import LoadedModel
+from clipcompare.models.loading import load_model
 from clipcompare.models.spec import parse_spec
 from clipcompare.models.towers import image_tower
 

@@ -23,8 +23,10 @@ from safetensors.torch import save_file
 
 from clipcompare.classes import ClassSet
 from clipcompare.data.synthetic import synthetic_image
+from clipcompare.models.build_info import activation_names
 from clipcompare.models.classifier import create_classifier
-from clipcompare.models.loading import activation_names, load_model, register_tiny_configs
+from clipcompare.models.clip import register_tiny_configs
+from clipcompare.models.loading import load_model
 from clipcompare.models.spec import parse_spec
 from helpers import make_image_folder, save_openai_torchscript
 
@@ -259,14 +261,14 @@ def test_evaluate_top1_matches_a_plain_loop(tmp_path):
 def test_disagreeing_releases_follow_the_default_tag_and_warn(caplog):
     """ViT-B-32's releases differ (openai: QuickGELU, laion2b: GELU): a bare file follows
     clip:ViT-B-32 (@openai) and says how to name it otherwise; naming the tag decides silently."""
-    from clipcompare.models.loading import _plan_clip_build
+    from clipcompare.models.clip import plan_clip_build
 
-    with caplog.at_level("WARNING", logger="clipcompare.models.loading"):
-        plan = _plan_clip_build(parse_spec("clip:ViT-B-32=/w.bin"), "ViT-B-32", None, torchscript=False)
+    with caplog.at_level("WARNING", logger="clipcompare.models.clip"):
+        plan = plan_clip_build(parse_spec("clip:ViT-B-32=/w.bin"), "ViT-B-32", None, torchscript=False)
     assert plan.quick_gelu and "differ" in plan.activation_source
     assert len(caplog.records) == 1 and "clip:ViT-B-32@TAG=FILE" in caplog.text
     caplog.clear()
-    laion = _plan_clip_build(parse_spec("clip:ViT-B-32@laion2b_s34b_b79k=/w.bin"), "ViT-B-32", None, torchscript=False)
+    laion = plan_clip_build(parse_spec("clip:ViT-B-32@laion2b_s34b_b79k=/w.bin"), "ViT-B-32", None, torchscript=False)
     assert not laion.quick_gelu and laion.preprocess_source == "pretrained tag ViT-B-32@laion2b_s34b_b79k"
     assert not caplog.records
 

@@ -16,8 +16,8 @@ from clipcompare.classes import ClassSet
 from clipcompare.cli import main
 from clipcompare.dtypes import dtype_support
 from clipcompare.imagenet.classes import SEED_LABELS
+from clipcompare.models.build_info import LoadedModel
 from clipcompare.models.classifier import SupervisedClassifier
-from clipcompare.models.loading import LoadedModel
 from clipcompare.models.spec import ModelSpec
 from clipcompare.precision import (
     PrecisionConfig,

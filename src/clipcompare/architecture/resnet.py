@@ -8,7 +8,7 @@ from torch import nn
 
 from clipcompare.architecture.stages import stage_groups
 from clipcompare.architecture.tree import as_int, is_attention, layer_names
-from clipcompare.models.loading import activation_names
+from clipcompare.models.build_info import activation_names
 
 
 @dataclass

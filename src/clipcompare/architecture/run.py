@@ -19,7 +19,8 @@ from clipcompare.architecture.resnet import ResNetSummary, resnet_summary
 from clipcompare.architecture.stages import Stage, measure_stages
 from clipcompare.architecture.tree import as_int
 from clipcompare.architecture.vit import ViTSummary, vit_summary
-from clipcompare.models.loading import LoadedModel, load_model
+from clipcompare.models.build_info import LoadedModel
+from clipcompare.models.loading import load_model
 from clipcompare.models.spec import ModelSpec
 from clipcompare.models.towers import image_tower
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from clipcompare.architecture.tree import as_int
-from clipcompare.models.loading import activation_names
+from clipcompare.models.build_info import activation_names
 
 
 @dataclass

@@ -21,6 +21,20 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+# an error message longer than this is cut (with "…"): a line a terminal shows whole, give or take
+MAX_ERROR_CHARS = 500
+
+
+def one_line(message: str, kind: str = "error") -> str:
+    """``message`` as one line: its lines joined, runs of whitespace collapsed, cut at
+    :data:`MAX_ERROR_CHARS`; ``kind`` (the exception's type) when it says nothing.
+
+    Every UserError the CLI prints passes through here, so a library's multi-paragraph message
+    (torch's weights-only notes...) can never spread over several lines of stderr."""
+    text = " ".join(message.split()) or kind
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1].rstrip() + "…"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2), not usage + error."""
 
@@ -60,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
-        print(f"clipcompare: error: {exc}", file=sys.stderr)
+        print(f"clipcompare: error: {one_line(str(exc), type(exc).__name__)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("clipcompare: interrupted", file=sys.stderr)

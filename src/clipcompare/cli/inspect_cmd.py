@@ -73,7 +73,7 @@ def _model_lines(m: ModelInspection) -> list[str]:
         f"  FLOPs       {_flops(m.flops)} per {size} image ({m.flops:,})",
     ]
     if m.build is not None:
-        from clipcompare.models.loading import BuildInfo
+        from clipcompare.models.build_info import BuildInfo
 
         b = BuildInfo(**m.build)
         lines.append(f"  activation  {b.activation} ({b.activation_source})")

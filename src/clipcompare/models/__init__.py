@@ -11,8 +11,12 @@ def __getattr__(name: str):
         from clipcompare.models import classifier
 
         return getattr(classifier, name)
-    if name in ("load_model", "LoadedModel"):
-        from clipcompare.models import loading
+    if name == "load_model":
+        from clipcompare.models.loading import load_model
 
-        return getattr(loading, name)
+        return load_model
+    if name == "LoadedModel":
+        from clipcompare.models.build_info import LoadedModel
+
+        return LoadedModel
     raise AttributeError(name)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from clipcompare.classes import ClassSet
 from clipcompare.errors import UserError
-from clipcompare.models.loading import LoadedModel, Preprocess, load_model
+from clipcompare.models.build_info import LoadedModel, Preprocess
+from clipcompare.models.loading import load_model
 from clipcompare.models.spec import ModelSpec
 
 

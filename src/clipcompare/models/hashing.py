@@ -31,6 +31,6 @@ def model_identity(name: str, model: nn.Module) -> str:
     the module: the same weights built with GELU instead of QuickGELU give different embeddings, and
     a result cached under one must never be served for the other.
     """
-    from clipcompare.models.loading import activation_names
+    from clipcompare.models.build_info import activation_names
 
     return f"{name}#{weights_fingerprint(model)}#{'+'.join(activation_names(model)) or 'none'}"

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from clipcompare.fileio import atomic_path
-from clipcompare.train.model import CHECKPOINT_FORMAT, ContrastiveModel
+from clipcompare.models.contrastive import ContrastiveModel, save_record
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,14 +39,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, model: ContrastiveModel, config: dict[str, Any], *,
                     training: dict[str, Any] | None = None) -> None:
-    """``model`` weights + the config that rebuilds it; ``training`` (optimizer, scaler, position, RNG,
-    ...) for a resumable checkpoint."""
-    ckpt: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config,
-        "quick_gelu": bool(getattr(model, "quick_gelu", False)),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    """``model`` weights + its architecture record (what rebuilds it) + the run's ``config``; ``training``
+    (optimizer, scaler, position, RNG, ...) for a resumable checkpoint."""
+    ckpt: dict[str, Any] = {**save_record(model), "config": config}
     if training is not None:
         ckpt["training"] = training
     path.parent.mkdir(parents=True, exist_ok=True)

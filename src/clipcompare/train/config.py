@@ -8,9 +8,6 @@ from typing import Any
 
 from clipcompare.errors import UserError
 
-# OpenAI CLIP's pixel statistics: the reference setup normalises with them
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # Settings that may change between a run and its resumption without changing its result.

@@ -20,7 +20,7 @@ import torch
 
 from clipcompare.data.decode import DecodedImages, collate
 from clipcompare.fileio import atomic_path
-from clipcompare.train.model import ResizeToUint8
+from clipcompare.models.contrastive import ResizeToUint8
 
 log = logging.getLogger(__name__)
 

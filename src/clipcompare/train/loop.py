@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipcompare.models.contrastive import ContrastiveModel, Normalize
 from clipcompare.train.distributed import DistInfo, barrier, mean_over_processes, min_over_processes
-from clipcompare.train.model import ContrastiveModel, Normalize
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import torch
 
 from clipcompare.errors import UserError
 from clipcompare.fileio import atomic_write_bytes
+from clipcompare.models.contrastive import ContrastiveModel, read_checkpoint
 from clipcompare.retrieval import RECALL_KEYS
 from clipcompare.rundir import LOCK_NAME, RunLock, now_iso, versions
 from clipcompare.train import distributed as D
@@ -43,7 +44,7 @@ from clipcompare.train.loop import (
     run_epoch,
     truncate_jsonl,
 )
-from clipcompare.train.model import ContrastiveModel, build_model, parameter_counts, read_checkpoint
+from clipcompare.train.model import build_model, parameter_counts
 
 log = logging.getLogger(__name__)
 
