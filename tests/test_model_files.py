@@ -97,9 +97,8 @@ def test_offline_switch_gives_random_torchvision_weights_without_trying_the_netw
 
 
 def test_offline_switch_without_allow_random_names_the_file(no_sockets, tmp_path, capsys):
-    from helpers import make_image
-
     from clipcompare.models.loading import load_model
+    from helpers import make_image
 
     with pytest.raises(MissingWeightsError, match=r"need resnet18-f37072fd\.pth .*put it at") as err:
         load_model(parse_spec("resnet18"))
