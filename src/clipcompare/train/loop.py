@@ -31,8 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from tqdm import tqdm
 
+from clipcompare.fileio import atomic_write_bytes
 from clipcompare.models.contrastive import ContrastiveModel, Normalize
+from clipcompare.retrieval import recalls_of_loaded
 from clipcompare.train.distributed import DistInfo, barrier, mean_over_processes, min_over_processes
 
 log = logging.getLogger(__name__)
@@ -95,29 +99,44 @@ class Trainer:
         images = [self.inputs(x) for _, x in micro]
         texts = [self.text_emb[torch.from_numpy(self.caption_offset[p.numpy()] + captions[p.numpy()]).to(self.device)]
                  for p, _ in micro]
-        if self.accum_freq == 1:
-            with autocast(self.device, self.precision):
-                feats, _, scale = self.forward(images[0])
-                loss = self.loss_fn(feats, texts[0], scale)
+        loss = self._backward(images[0], texts[0]) if self.accum_freq == 1 else self._backward_accumulated(images, texts)
+        self._update()
+        images_n = sum(len(p) for p, _ in micro) * self.dist.world_size
+        return {"loss": mean_over_processes(float(loss.detach()), self.device), "lr": lr,
+                "temperature": float(self.model.logit_scale.detach().exp()), "images": images_n}
+
+    def _backward(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """Gradients of one batch's loss; returns the loss."""
+        with autocast(self.device, self.precision):
+            feats, _, scale = self.forward(images)
+            loss = self.loss_fn(feats, texts, scale)
+        self.scaler.scale(loss).backward()
+        return loss
+
+    def _backward_accumulated(self, images: list[torch.Tensor], texts: list[torch.Tensor]) -> torch.Tensor:
+        """Gradients of the whole step's loss, one micro-batch at a time (open_clip's feature caching);
+        returns the last pass's loss (each pass computes the whole step's)."""
+        with torch.no_grad(), autocast(self.device, self.precision):
+            cached = [self.forward(x)[0] for x in images]
+        all_text = torch.cat(texts)
+        for j, x in enumerate(images):
+            sync = contextlib.nullcontext()
+            if self.dist.distributed and j < len(images) - 1:
+                sync = self.forward.no_sync()
+            with sync, autocast(self.device, self.precision):
+                feats, _, scale = self.forward(x)
+                if j < len(images) - 1:
+                    # every pass computes the whole step's loss, so the temperature would get its
+                    # gradient accum_freq times (open_clip's trainer does); the features' passes
+                    # each add their own share, which sums to the full batch's gradient
+                    scale = scale.detach()
+                all_feats = torch.cat(cached[:j] + [feats] + cached[j + 1:])
+                loss = self.loss_fn(all_feats, all_text, scale)
             self.scaler.scale(loss).backward()
-        else:
-            with torch.no_grad(), autocast(self.device, self.precision):
-                cached = [self.forward(x)[0] for x in images]
-            all_text = torch.cat(texts)
-            for j, x in enumerate(images):
-                sync = contextlib.nullcontext()
-                if self.dist.distributed and j < len(images) - 1:
-                    sync = self.forward.no_sync()
-                with sync, autocast(self.device, self.precision):
-                    feats, _, scale = self.forward(x)
-                    if j < len(images) - 1:
-                        # every pass computes the whole step's loss, so the temperature would get its
-                        # gradient accum_freq times (open_clip's trainer does); the features' passes
-                        # each add their own share, which sums to the full batch's gradient
-                        scale = scale.detach()
-                    all_feats = torch.cat(cached[:j] + [feats] + cached[j + 1:])
-                    loss = self.loss_fn(all_feats, all_text, scale)
-                self.scaler.scale(loss).backward()
+        return loss
+
+    def _update(self) -> None:
+        """The optimizer step on the accumulated gradients (clipped with grad_clip), then the temperature's clamp."""
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.grad_clip)
@@ -125,16 +144,11 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.clamp_logit_scale()
-        images_n = sum(len(p) for p, _ in micro) * self.dist.world_size
-        return {"loss": mean_over_processes(float(loss.detach()), self.device), "lr": lr,
-                "temperature": float(self.model.logit_scale.detach().exp()), "images": images_n}
 
 
 def run_epoch(trainer: Trainer, source, *, epoch: int, start_step: int, global_step: int, order: np.ndarray,
               captions: np.ndarray, batch_size: int, on_step: Callable[[dict], None], progress: bool) -> int:
     """Optimizer steps ``start_step..`` of ``epoch``; returns the global step count after them."""
-    from tqdm import tqdm
-
     per_step = batch_size * trainer.accum_freq
     steps = len(order) // per_step
     requests = [order[s * per_step + j * batch_size: s * per_step + (j + 1) * batch_size].tolist()
@@ -191,25 +205,24 @@ def retrieval_metrics(positions: torch.Tensor, image_emb: torch.Tensor, text_emb
                       text_image: Sequence[int], *, logit_scale: float | None = None,
                       loss_batch: int = 0) -> dict[str, Any]:
     """Recall@1/5/10 both ways (retrieval.recalls_of_loaded) over the images that loaded and their captions;
-    with ``logit_scale``, also the validation loss (ClipLoss over batches of ``loss_batch`` images,
-    each with its first caption)."""
-    from open_clip.loss import ClipLoss
-
-    from clipcompare.retrieval import recalls_of_loaded
-
+    with ``logit_scale``, also the validation loss (``validation_loss``)."""
     out, texts, mapping = recalls_of_loaded(image_emb, positions.tolist(), text_emb, text_image)
     if logit_scale is not None:
         first: dict[int, int] = {}
         for j, row in enumerate(mapping.tolist()):
             first.setdefault(row, j)
         paired = texts[torch.tensor([first[r] for r in range(len(positions))])]
-        loss_fn, total, size = ClipLoss(), 0.0, loss_batch or len(positions)
-        scale = torch.tensor(logit_scale)
-        for i in range(0, len(positions), size):
-            n = min(size, len(positions) - i)
-            total += float(loss_fn(image_emb[i:i + n], paired[i:i + n], scale)) * n
-        out["val_loss"] = total / len(positions)
+        out["val_loss"] = validation_loss(image_emb, paired, logit_scale, loss_batch or len(positions))
     return out
+
+
+def validation_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: float, batch: int) -> float:
+    """ClipLoss over consecutive batches of ``batch`` (image, caption) pairs, averaged over the images."""
+    loss_fn, total, scale = ClipLoss(), 0.0, torch.tensor(logit_scale)
+    for i in range(0, len(image_emb), batch):
+        n = min(batch, len(image_emb) - i)
+        total += float(loss_fn(image_emb[i:i + n], text_emb[i:i + n], scale)) * n
+    return total / len(image_emb)
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -230,6 +243,4 @@ def truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
                 kept.append(ln)
         except json.JSONDecodeError:  # a line torn by kill -9
             continue
-    from clipcompare.fileio import atomic_write_bytes
-
     atomic_write_bytes(path, "".join(k + "\n" for k in kept).encode())
