@@ -76,6 +76,84 @@ def test_a_live_lock_refuses_with_one_line_and_a_stale_one_is_taken_over(tmp_pat
     assert not (out / LOCK_NAME).exists() and (out / "metrics.json").is_file()
 
 
+
+def test_a_stale_lock_whose_pid_is_reused_by_a_live_process_is_taken_over(tmp_path, caplog):
+    """The lock file names a pid that is alive on this host but is not the owner (a reused pid)."""
+    import socket
+
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": unrelated.pid, "host": socket.gethostname(),
+                                                 "command": "clipcompare evaluate", "since": "then"}) + "\n")
+        assert main(cli_args(data, out)) == 0
+        assert unrelated.poll() is None  # it is alive, and was neither waited for nor harmed
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    assert f"pid {unrelated.pid}" in caplog.text and "no longer running" in caplog.text
+    assert not (out / LOCK_NAME).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_with_decode_workers_then_the_same_command_continues_at_once(tmp_path, caplog):
+    """A real SIGKILL of `evaluate --workers 2`: its orphaned DataLoader workers (alive for seconds
+    more) must not keep the run lock, so the same command, run at once, takes it over and finishes."""
+    import signal
+    import time
+
+    data = make_image_folder(tmp_path / "d", WNIDS, per_class=20, size=(48, 40))
+    out = tmp_path / "killed"
+    args = [*cli_args(data, out, "--chunk-size", "2", "--batch-size", "2")]
+    args[args.index("--workers") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, "-m", "clipcompare", *args], env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parts = out / "predictions" / "imagenet.parts"
+    deadline = time.monotonic() + 240
+    while not (parts.is_dir() and any(parts.glob("part-*.parquet"))) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -9, proc.stderr.read().decode()[-2000:]
+    proc.stderr.close()
+    try:
+        # the test is only worth something while the orphans live (a DataLoader worker notices its
+        # parent's death within 5 s): they did keep the lock before the fork hook closed their copy
+        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        assert (out / LOCK_NAME).exists()
+        assert main(args) == 0
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    assert f"pid {proc.pid}" in caplog.text and "no longer running" in caplog.text
+    got = pd.read_parquet(out / "predictions" / "imagenet.parquet")
+    assert len(got) == 60 and got["path"].is_unique
+    assert json.loads((out / "run.json").read_text())["status"] == "complete" and not (out / LOCK_NAME).exists()
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
