@@ -97,6 +97,34 @@ def test_a_stale_lock_whose_pid_is_reused_by_a_live_process_is_taken_over(tmp_pa
     assert not (out / LOCK_NAME).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
+
+@pytest.mark.parametrize("out_exists", [True, False])
+def test_out_on_a_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys, out_exists):
+    """Read-only simulated in-process: os.open of the lock file (or os.mkdir of --out) raises EROFS, as a
+    read-only mount does (the tests run as root, who ignores permission bits)."""
+    import errno
+
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=2)
+    out = tmp_path / "ro" / "run"
+    if out_exists:
+        out.mkdir(parents=True)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def read_only(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(tmp_path / "ro")):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", read_only(real_open))
+    monkeypatch.setattr(os, "mkdir", read_only(real_mkdir))
+    assert main(cli_args(data, out)) == 2
+    err = capsys.readouterr().err
+    assert err == f"clipcompare: error: --out {out}: cannot write there (Read-only file system)\n"
+    assert out.is_dir() == out_exists and (not out_exists or not any(out.iterdir()))
+
+
 def _children(pid: int) -> list[int]:
     """Live processes whose parent is ``pid`` (from /proc)."""
     kids = []

@@ -73,9 +73,12 @@ class RunLock:
         """Take the lock or raise UserError (one line) naming the live owner."""
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--out {self.root} exists and is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # a read-only file system, a full disk or no permission: the user's to fix
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise UserError(f"--out {self.root}: cannot write there ({exc.strerror or exc})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -91,7 +94,6 @@ class RunLock:
             if same:
                 break
             os.close(fd)  # the previous owner removed the file between our open and flock: try again
-        _HELD.add(self)
         stale = os.read(fd, 4096)
         if stale.strip():
             log.warning("taking over the lock on %s left by %s, which is no longer running", self.root,
@@ -101,6 +103,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
