@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import open_clip
 import pytest
@@ -13,7 +14,7 @@ from clipcompare.errors import UserError
 from clipcompare.models.classifier import ClassSet, ClipClassifier
 from clipcompare.models.loading import load_model
 from clipcompare.models.spec import parse_spec
-from clipcompare.zeroshot import build_head, cached_head, head_cache_key, load_templates
+from clipcompare.zeroshot import build_head, cached_head, head_cache_key, load_templates, render_prompts
 
 NAMES = ["bald eagle", "axolotl", "common iguana", "French bulldog", "a very long class name with many words in it"]
 
@@ -49,6 +50,30 @@ def test_templates(tmp_path):
         load_templates(str(f))
     with pytest.raises(UserError):
         load_templates("nosuchset")
+
+
+
+def test_template_file_with_other_braces_is_refused_at_load_naming_the_line(tmp_path, image_folder, capsys):
+    """Templates are ``str.format`` with one ``{}`` (open_clip's): other fields are one line, not a KeyError."""
+    f = tmp_path / "t.txt"
+    f.write_text("# mine\na photo of a {}.\n\na {0} {name} photo of {}.\n")
+    expected = f"{f}:4: a template needs exactly one '{{}}' (the class name) and no other braces ('{{{{' and '}}}}' " \
+               "for literal ones), not 'a {0} {name} photo of {}.'"
+    with pytest.raises(UserError, match=f"^{re.escape(expected)}$"):
+        load_templates(str(f))
+    for bad in ("a {} in {}", "a {0}", "a {:>9}", "a {!r}", "an {unclosed {}", "a {} }"):
+        f.write_text(f"{bad}\n")
+        with pytest.raises(UserError, match=f"^{re.escape(str(f))}:1: a template needs exactly one"):
+            load_templates(str(f))
+    f.write_text("a {{logo}} of {}\n")  # doubled braces are literal, as in str.format
+    assert render_prompts(["dog"], load_templates(str(f))) == ["a {logo} of dog"]
+    # the user's path: one line and exit 2 from the command
+    f.write_text("a {0} {name} photo of {}.\n")
+    img = next(image_folder.rglob("*.JPEG"))
+    assert main(["classify", str(img), "--labels", "dog,cat", "-m", "clip:tiny-RN-quickgelu", "--allow-random",
+                 "--templates", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipcompare: error: {f}:1: a template needs") and err.count("\n") == 1
 
 
 def test_head_cache_roundtrip(tmp_path, tiny_clip, monkeypatch):
