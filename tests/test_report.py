@@ -269,6 +269,27 @@ def test_cli_report_html_and_markdown(evaluate_run, tmp_path, capsys):
     assert "data-kind=\"train\"" in (tmp_path / "all.html").read_text()
 
 
+
+def test_cli_report_out_a_directory_or_the_markdown_name_is_one_line_and_writes_nothing(evaluate_run, tmp_path,
+                                                                                       capsys):
+    run, _ = evaluate_run
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"clipcompare: error: --out {out} is a directory; name the HTML file to write "
+                                       f"(e.g. {out / 'report.html'})\n")
+    (out / "r.md").mkdir()
+    assert main(["report", str(run), "--out", str(out / "r.html"), "--markdown"]) == 2
+    assert capsys.readouterr().err == (f"clipcompare: error: --markdown writes {out / 'r.md'}, which is a directory; "
+                                       "choose another --out\n")
+    # the HTML and the Markdown would be one file
+    assert main(["report", str(run), "--out", str(out / "x.md"), "--markdown"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipcompare: error: --out {out / 'x.md'}: --markdown writes the Markdown to "
+                          f"{out / 'x.md'} beside the HTML") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "r.md"]  # no .NAME.tmp, no x.md, no assets
+
+
 def test_cli_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"clipcompare: error: run directory not found: {tmp_path / 'nope'}"
