@@ -237,6 +237,24 @@ def test_train_section_from_the_train_layout(tmp_path):
     assert page.banner
 
 
+
+def test_train_section_from_a_steps_log_with_garbage_bytes_skips_and_counts_them(tmp_path, capsys, caplog):
+    """A damaged log/steps.jsonl (non-UTF-8 bytes, a torn line) still gives a report of what is readable."""
+    run = make_train_run(tmp_path)  # 3 epochs x 4 steps
+    steps = run / "log" / "steps.jsonl"
+    lines = steps.read_bytes().splitlines(keepends=True)
+    lines[5] = b"\x80\x81\xfe{\"step\": 5, \"loss\"\n"  # damaged bytes in place of step 5
+    steps.write_bytes(b"".join(lines) + b"\xff\xfe\x00garbage\n" + b"[1, 2]\n")
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert f"{steps}: skipped 3 unreadable lines" in caplog.text
+    (section,) = build_report([run]).sections
+    (curves,) = [b for b in section.blocks if b.kind == "figure" and b.title.startswith("loss")]
+    assert curves.caption == "11 optimizer steps"
+    assert "epochs" in parse(out.read_text()).tables
+
+
 # --------------------------------------------------------------------------- Markdown and the CLI
 
 
