@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -270,6 +271,43 @@ def test_markdown_writes_tables_and_images_beside_it(evaluate_run, tmp_path):
     pngs = list((md.parent / "report_files").glob("*.png"))
     assert len(pngs) >= 5 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "Random weights" in text
+
+
+
+def test_markdown_escapes_titles_class_and_file_names(tmp_path, evaluate_run, capsys):
+    """Hostile names in every place the Markdown shows text: literal text, no HTML tag, no extra table column."""
+    from clipcompare.report.blocks import Cell, Gallery, Heading, Prediction, Report, Section, Table, Text, Tile
+
+    tile = Tile("evil/<script>`x`|.jpg", b"\xff\xd8jpeg", "<b>tench</b>",
+                {"m<i>": [Prediction("*bold* [x](javascript:alert(1))", 0.5, True)]})
+    section = Section("evaluate", "run <script>alert(1)</script>", "/runs/`odd`", blocks=[
+        Heading("<script>alert(1)</script> #", 3),
+        Text("a <img src=x onerror=alert(1)> & _under_"),
+        Table("per class", ["class|name", "n"], [[Cell("<img src=x onerror=alert(1)>"), Cell("a | b")]], [False, True]),
+        Gallery("only <em>one</em>", [tile]),
+    ], facts=[("dataset", "x\n## injected")])
+    md = write_markdown(Report("<script>alert('t')</script>", "now", [section]), tmp_path / "r.md")
+    lines = md.read_text().splitlines()
+    assert lines[0] == "# &lt;script&gt;alert('t')&lt;/script&gt;"
+    assert "## run &lt;script&gt;alert(1)&lt;/script&gt;" in lines
+    assert "- directory: `` /runs/`odd` ``" in lines  # a code span: padded, as its text ends with a backtick
+    assert "- dataset: x \\#\\# injected" in lines  # one line: no heading injected
+    assert "### &lt;script&gt;alert(1)&lt;/script&gt; \\#" in lines
+    assert "a &lt;img src=x onerror=alert(1)&gt; &amp; \\_under\\_" in lines
+    table = [line.rstrip() for line in lines if line.startswith("|")]
+    assert table == ["| class\\|name | n |", "|---|---:|", "| &lt;img src=x onerror=alert(1)&gt; | a \\| b |"]
+    (tile_line,) = [line for line in lines if line.startswith("- ![")]
+    assert tile_line == ("- ![evil/&lt;script&gt;\\`x\\`\\|.jpg](r_files/s1-04-only-em-one-em-01.jpg) "
+                         "&lt;b&gt;tench&lt;/b&gt; (``evil/<script>`x`|.jpg``); m&lt;i&gt;: "
+                         "\\*bold\\* \\[x\\](javascript:alert(1)) 50%")
+    # the CLI's --title, and an --out name with a space: links still resolve
+    run, _ = evaluate_run
+    out = tmp_path / "my report (1).html"
+    assert main(["report", str(run), "--out", str(out), "--markdown", "--title", "<script>x</script>"]) == 0
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("# &lt;script&gt;x&lt;/script&gt;\n") and "<script" not in text
+    links = [unquote(line.split("](", 1)[1].split(")", 1)[0]) for line in text.splitlines() if "](" in line]
+    assert links and all((tmp_path / link).is_file() for link in links)
 
 
 def test_cli_report_html_and_markdown(evaluate_run, tmp_path, capsys):
