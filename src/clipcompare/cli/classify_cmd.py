@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipcompare.cli.common import add_model_args, csv_list, model_specs, print_json
+from clipcompare.cli.common import add_model_args, label_list, model_specs, print_json
 from clipcompare.models.spec import DEFAULT_MODELS
 
 RAW_COSINE_HELP = (
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                    help="image files, or folders (the image files directly in them)")
     labels = p.add_mutually_exclusive_group()
-    labels.add_argument("--labels", type=csv_list, help='comma-separated labels, e.g. "dog,cat,bald eagle"')
+    labels.add_argument("--labels", type=label_list, help='comma-separated labels, e.g. "dog,cat,bald eagle"')
     labels.add_argument("--imagenet", action="store_true", help="the 1000 ImageNet classes (default)")
     labels.add_argument("--seed-classes", action="store_true",
                         help="the seed notebooks' 10 ImageNet classes (bald eagle, axolotl, ... leopard)")
@@ -62,8 +62,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--precision {precision} on {device}: {support.note}")
     args.images = expand_paths(args.images)
     images = open_images(args.images)  # fail on a bad image before minutes of model loading
-    if args.labels:
+    if args.labels is not None:
         classes = ClassSet.from_labels(args.labels)
+        _refuse_one_class_twice(args.labels, classes)
     elif args.seed_classes:
         classes = ClassSet.from_labels(SEED_LABELS)
     else:
@@ -90,3 +91,14 @@ def _run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     return 0
+
+
+def _refuse_one_class_twice(labels: list[str], classes) -> None:
+    """Two labels naming one ImageNet class (``tench``, ``n01440764``) would split its probability."""
+    from clipcompare.errors import UserError
+
+    first: dict[int, str] = {}
+    for label, index in zip(labels, classes.imagenet_indices or ()):
+        if index in first:
+            raise UserError(f"--labels: {label!r} and {first[index]!r} name the same ImageNet class")
+        first[index] = label
