@@ -241,6 +241,78 @@ def test_sigkill_during_merge_or_metrics_write_then_resume(tmp_path, where, unin
     assert_same_run(ref, out)
 
 
+
+def _disk_full(monkeypatch, where: str) -> None:
+    """Make one write of evaluate meet a full disk, in-process: the part file (pyarrow), metrics.json
+    (its temp file half written), the run lock's record, or skipped.jsonl (appended to /dev/full, a
+    real ENOSPC from the kernel)."""
+    import errno
+    import pathlib
+
+    import pyarrow.parquet
+
+    def full(path) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    if where == "part":
+        original, calls = pyarrow.parquet.write_table, []
+
+        def write_table(table, path, *args, **kwargs):
+            if Path(path).name.startswith(".part-"):
+                calls.append(path)
+                if len(calls) == 3:  # two parts flushed, the third meets a full disk half-way
+                    Path(path).write_bytes(b"PAR1 torn")
+                    raise full(path)
+            return original(table, path, *args, **kwargs)
+        monkeypatch.setattr(pyarrow.parquet, "write_table", write_table)
+    elif where == "metrics":
+        original_write = pathlib.Path.write_bytes
+
+        def write_bytes(self, data):
+            if self.name == ".metrics.json.tmp":
+                original_write(self, data[: len(data) // 2])
+                raise full(self)
+            return original_write(self, data)
+        monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+    elif where == "lock":
+        def pwrite(fd, data, offset):
+            raise full("the lock file")
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    else:
+        original_open = pathlib.Path.open
+
+        def open_(self, mode="r", *args, **kwargs):
+            if self.name == "skipped.jsonl" and mode == "a":
+                return open("/dev/full", mode, *args, **kwargs)
+            return original_open(self, mode, *args, **kwargs)
+        monkeypatch.setattr(pathlib.Path, "open", open_)
+
+
+@pytest.mark.parametrize("where", ["lock", "part", "metrics", "skipped"])
+def test_disk_full_is_one_line_keeps_what_was_flushed_and_the_same_command_resumes(tmp_path, monkeypatch, capsys,
+                                                                                  where, uninterrupted):
+    data, ref = uninterrupted
+    out = tmp_path / "full"
+    args = cli_args(data, out, "--chunk-size", "2")
+    if where == "skipped" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with monkeypatch.context() as patched:
+        _disk_full(patched, where)
+        assert main(args) == 2
+    written = {"part": out / "predictions" / "imagenet.parts" / "part-00002.parquet", "metrics": out / "metrics.json",
+               "skipped": out / "skipped.jsonl", "lock": out / LOCK_NAME}[where]
+    assert capsys.readouterr().err == f"clipcompare: error: cannot write {written}: No space left on device\n"
+    assert not list(out.rglob("*.tmp")) and not (out / LOCK_NAME).exists()  # no temp file, no lock left
+    if where == "part":  # the parts flushed before are kept
+        assert sorted(p.name for p in written.parent.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    if where == "metrics":
+        assert (out / "predictions" / "imagenet.parquet").is_file() and not written.exists()
+    if where == "lock":
+        assert list(out.iterdir()) == []  # refused before anything was written
+    assert main(args) == 0  # the same command, with room again, finishes the run
+    assert_same_run(ref, out)
+
+
 def test_precision_is_recorded_binds_the_run_and_warns_when_emulated(tmp_path, monkeypatch, caplog, capsys):
     data = make_image_folder(tmp_path / "d", WNIDS, per_class=3)
     fp32 = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(tmp_path / "fp32"))

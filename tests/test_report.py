@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -344,6 +345,28 @@ def test_cli_report_out_a_directory_or_the_markdown_name_is_one_line_and_writes_
     assert err.startswith(f"clipcompare: error: --out {out / 'x.md'}: --markdown writes the Markdown to "
                           f"{out / 'x.md'} beside the HTML") and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "r.md"]  # no .NAME.tmp, no x.md, no assets
+
+
+
+def test_cli_report_on_a_full_disk_is_one_line_and_leaves_no_temp_file(evaluate_run, tmp_path, monkeypatch, capsys):
+    """ENOSPC simulated in-process: the report's temp file meets a full disk half-way."""
+    import errno
+    import pathlib
+
+    run, _ = evaluate_run
+    out = tmp_path / "r" / "report.html"
+    original = pathlib.Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name == ".report.html.tmp":
+            original(self, data[:100])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return original(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"clipcompare: error: cannot write {out}: No space left on device\n"
+    assert list(out.parent.iterdir()) == []
 
 
 def test_cli_report_errors_are_one_line(tmp_path, capsys):

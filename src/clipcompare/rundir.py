@@ -100,10 +100,14 @@ class RunLock:
                         _owner_of(stale))
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
                 "since": now_iso()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
         _HELD.add(self)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as exc:  # a full disk: give the lock back (its file removed) before anything is written
+            self.release()
+            raise UserError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         return self
 
     def release(self) -> None:
