@@ -213,6 +213,33 @@ def test_classify_bad_image_is_one_line(tmp_path, capsys):
     assert main(["classify", str(tmp_path / "missing.jpg")]) == 2
 
 
+
+def test_classify_a_folder_skips_and_counts_unreadable_images(tmp_path, capsys):
+    """As evaluate does: the readable images are classified, the others listed with their reasons."""
+    from helpers import make_image
+
+    folder = tmp_path / "photos"
+    for k in range(3):
+        make_image(folder / f"ok{k}.jpg", size=(40, 32), seed=k)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "torn.jpg").write_bytes((folder / "ok0.jpg").read_bytes()[:40])
+    base = [str(folder), "--labels", "dog,cat", "-m", "clip:tiny-RN-quickgelu", "--top", "1"]
+    out = _classify_json(capsys, *base)
+    assert [r["path"] for r in out["results"]] == [str(folder / f"ok{k}.jpg") for k in range(3)]
+    assert [s["path"] for s in out["skipped"]] == [str(folder / "broken.jpg"), str(folder / "torn.jpg")]
+    assert all(s["reason"].split(":")[0] in ("UnidentifiedImageError", "OSError") for s in out["skipped"])
+    assert "skipped 2 unreadable images" in out["notes"][-1]
+    assert main(["classify", *base, "--allow-random", "--templates", "single"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[-1].startswith(f"note: skipped 2 unreadable images (first: {folder / 'broken.jpg'}: ")
+    assert sum(line == str(folder / f"ok{k}.jpg") for line in text for k in range(3)) == 3
+    for k in range(3):  # nothing readable left: one line
+        (folder / f"ok{k}.jpg").unlink()
+    assert main(["classify", *base, "--allow-random"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("clipcompare: error: no readable image among 2 files (first: ")
+
+
 def test_cli_usage_errors_are_one_line(capsys):
     for argv in (["nosuchcommand"], ["classify"], ["classify", "x.jpg", "--top", "many"]):
         with pytest.raises(SystemExit) as exc:

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clipcompare.classify import classify, expand_paths, open_images, results_to_dict
+    from clipcompare.classify import classify, read_inputs, results_to_dict
     from clipcompare.errors import UserError
     from clipcompare.evaluation import resolve_device
     from clipcompare.imagenet.classes import SEED_LABELS
@@ -60,8 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     support = dtype_support(precision, device.type)
     if not support.supported:
         raise UserError(f"--precision {precision} on {device}: {support.note}")
-    args.images = expand_paths(args.images)
-    images = open_images(args.images)  # fail on a bad image before minutes of model loading
+    # a bad file named fails (and unreadable ones in folders are skipped) before minutes of model loading
+    paths, images, skipped = read_inputs(args.images)
     if args.labels is not None:
         classes = ClassSet.from_labels(args.labels)
         _refuse_one_class_twice(args.labels, classes)
@@ -71,15 +71,19 @@ def _run(args: argparse.Namespace) -> int:
         classes = ClassSet.imagenet()
     classifiers = create_classifiers(model_specs(args), templates=args.templates, cache_dir=default_cache_dir(),
                                      allow_random=args.allow_random, device=device, dtype=DTYPES[precision])
-    results, notes = classify(classifiers, args.images, classes, top_k=args.top, raw_cosine=args.raw_cosine,
+    results, notes = classify(classifiers, paths, classes, top_k=args.top, raw_cosine=args.raw_cosine,
                               images=images)
     random = [c.name for c in classifiers if not c.pretrained]
     notes += [f"{n}: random weights (results are meaningless)" for n in random]
     if support.note:
         notes.append(f"precision {precision}: {support.note}")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
+                     f"(first: {skipped[0][0]}: {skipped[0][1]})")
     if args.json:
         print_json({"classes": len(classes), "templates": args.templates, "raw_cosine": args.raw_cosine,
-                    "precision": precision, "results": results_to_dict(results), "notes": notes})
+                    "precision": precision, "results": results_to_dict(results), "notes": notes,
+                    "skipped": [{"path": str(p), "reason": r} for p, r in skipped]})
         return 0
     for res in results:
         print(res.path)
