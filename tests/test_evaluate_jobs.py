@@ -76,6 +76,112 @@ def test_a_live_lock_refuses_with_one_line_and_a_stale_one_is_taken_over(tmp_pat
     assert not (out / LOCK_NAME).exists() and (out / "metrics.json").is_file()
 
 
+
+def test_a_stale_lock_whose_pid_is_reused_by_a_live_process_is_taken_over(tmp_path, caplog):
+    """The lock file names a pid that is alive on this host but is not the owner (a reused pid)."""
+    import socket
+
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": unrelated.pid, "host": socket.gethostname(),
+                                                 "command": "clipcompare evaluate", "since": "then"}) + "\n")
+        assert main(cli_args(data, out)) == 0
+        assert unrelated.poll() is None  # it is alive, and was neither waited for nor harmed
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    assert f"pid {unrelated.pid}" in caplog.text and "no longer running" in caplog.text
+    assert not (out / LOCK_NAME).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+
+@pytest.mark.parametrize("out_exists", [True, False])
+def test_out_on_a_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys, out_exists):
+    """Read-only simulated in-process: os.open of the lock file (or os.mkdir of --out) raises EROFS, as a
+    read-only mount does (the tests run as root, who ignores permission bits)."""
+    import errno
+
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=2)
+    out = tmp_path / "ro" / "run"
+    if out_exists:
+        out.mkdir(parents=True)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def read_only(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(tmp_path / "ro")):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", read_only(real_open))
+    monkeypatch.setattr(os, "mkdir", read_only(real_mkdir))
+    assert main(cli_args(data, out)) == 2
+    err = capsys.readouterr().err
+    assert err == f"clipcompare: error: --out {out}: cannot write there (Read-only file system)\n"
+    assert out.is_dir() == out_exists and (not out_exists or not any(out.iterdir()))
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_with_decode_workers_then_the_same_command_continues_at_once(tmp_path, caplog):
+    """A real SIGKILL of `evaluate --workers 2`: its orphaned DataLoader workers (alive for seconds
+    more) must not keep the run lock, so the same command, run at once, takes it over and finishes."""
+    import signal
+    import time
+
+    data = make_image_folder(tmp_path / "d", WNIDS, per_class=20, size=(48, 40))
+    out = tmp_path / "killed"
+    args = [*cli_args(data, out, "--chunk-size", "2", "--batch-size", "2")]
+    args[args.index("--workers") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, "-m", "clipcompare", *args], env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parts = out / "predictions" / "imagenet.parts"
+    deadline = time.monotonic() + 240
+    while not (parts.is_dir() and any(parts.glob("part-*.parquet"))) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -9, proc.stderr.read().decode()[-2000:]
+    proc.stderr.close()
+    try:
+        # the test is only worth something while the orphans live (a DataLoader worker notices its
+        # parent's death within 5 s): they did keep the lock before the fork hook closed their copy
+        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        assert (out / LOCK_NAME).exists()
+        assert main(args) == 0
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    assert f"pid {proc.pid}" in caplog.text and "no longer running" in caplog.text
+    got = pd.read_parquet(out / "predictions" / "imagenet.parquet")
+    assert len(got) == 60 and got["path"].is_unique
+    assert json.loads((out / "run.json").read_text())["status"] == "complete" and not (out / LOCK_NAME).exists()
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
@@ -132,6 +238,78 @@ def test_sigkill_during_merge_or_metrics_write_then_resume(tmp_path, where, unin
     else:
         assert (out / ".metrics.json.tmp").is_file()
     assert main(cli_args(data, out, "--chunk-size", "2")) == 0  # the same command continues (stale lock)
+    assert_same_run(ref, out)
+
+
+
+def _disk_full(monkeypatch, where: str) -> None:
+    """Make one write of evaluate meet a full disk, in-process: the part file (pyarrow), metrics.json
+    (its temp file half written), the run lock's record, or skipped.jsonl (appended to /dev/full, a
+    real ENOSPC from the kernel)."""
+    import errno
+    import pathlib
+
+    import pyarrow.parquet
+
+    def full(path) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    if where == "part":
+        original, calls = pyarrow.parquet.write_table, []
+
+        def write_table(table, path, *args, **kwargs):
+            if Path(path).name.startswith(".part-"):
+                calls.append(path)
+                if len(calls) == 3:  # two parts flushed, the third meets a full disk half-way
+                    Path(path).write_bytes(b"PAR1 torn")
+                    raise full(path)
+            return original(table, path, *args, **kwargs)
+        monkeypatch.setattr(pyarrow.parquet, "write_table", write_table)
+    elif where == "metrics":
+        original_write = pathlib.Path.write_bytes
+
+        def write_bytes(self, data):
+            if self.name == ".metrics.json.tmp":
+                original_write(self, data[: len(data) // 2])
+                raise full(self)
+            return original_write(self, data)
+        monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+    elif where == "lock":
+        def pwrite(fd, data, offset):
+            raise full("the lock file")
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    else:
+        original_open = pathlib.Path.open
+
+        def open_(self, mode="r", *args, **kwargs):
+            if self.name == "skipped.jsonl" and mode == "a":
+                return open("/dev/full", mode, *args, **kwargs)
+            return original_open(self, mode, *args, **kwargs)
+        monkeypatch.setattr(pathlib.Path, "open", open_)
+
+
+@pytest.mark.parametrize("where", ["lock", "part", "metrics", "skipped"])
+def test_disk_full_is_one_line_keeps_what_was_flushed_and_the_same_command_resumes(tmp_path, monkeypatch, capsys,
+                                                                                  where, uninterrupted):
+    data, ref = uninterrupted
+    out = tmp_path / "full"
+    args = cli_args(data, out, "--chunk-size", "2")
+    if where == "skipped" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with monkeypatch.context() as patched:
+        _disk_full(patched, where)
+        assert main(args) == 2
+    written = {"part": out / "predictions" / "imagenet.parts" / "part-00002.parquet", "metrics": out / "metrics.json",
+               "skipped": out / "skipped.jsonl", "lock": out / LOCK_NAME}[where]
+    assert capsys.readouterr().err == f"clipcompare: error: cannot write {written}: No space left on device\n"
+    assert not list(out.rglob("*.tmp")) and not (out / LOCK_NAME).exists()  # no temp file, no lock left
+    if where == "part":  # the parts flushed before are kept
+        assert sorted(p.name for p in written.parent.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    if where == "metrics":
+        assert (out / "predictions" / "imagenet.parquet").is_file() and not written.exists()
+    if where == "lock":
+        assert list(out.iterdir()) == []  # refused before anything was written
+    assert main(args) == 0  # the same command, with room again, finishes the run
     assert_same_run(ref, out)
 
 

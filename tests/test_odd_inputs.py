@@ -225,3 +225,48 @@ def test_a_model_given_twice_or_two_files_of_one_name_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and expected in err, err
         assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def _exit_code(argv: list[str]) -> int:
+    """main's return value, or argparse's exit status for a usage error."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["classify", "IMG", "--labels", ""], "argument --labels: no labels in ''"),
+    (["classify", "IMG", "--labels", " , "], "argument --labels: no labels in ' , '"),
+    (["classify", "IMG", "--labels", "dog,cat,Dog"], "argument --labels: 'Dog' is given twice (as 'dog' before)"),
+    (["classify", "IMG", "--labels", "tench,n01440764", "--allow-random"],
+     "--labels: 'n01440764' and 'tench' name the same ImageNet class"),
+    (["precision", "--labels", "", "-m", CLIP], "argument --labels: no labels in ''"),
+    (["evaluate", "-d", "folder=DATA", "-m", CLIP, "--out", "OUT", "--workers", "-1"],
+     "argument --workers: must be at least 0, got -1"),
+])
+def test_inputs_once_silently_accepted_are_one_line_exit_2(tmp_path, capsys, args, expected):
+    """An empty label list (was: all 1000 ImageNet classes), a label or class twice (was: scored twice),
+    --workers -1 (was: taken as 0)."""
+    root = make_image_folder(tmp_path / "data", ["cat", "dog"], per_class=1)
+    img = next(root.rglob("*.JPEG"))
+    argv = [str(img) if a == "IMG" else a.replace("DATA", str(root)).replace("OUT", str(tmp_path / "out")) for a in args]
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), [
+    ("map.tsv", "cat\ttench\ndog\tgoldfish\n# again\ncat\tgoldfish\n", "map.tsv:4: folder 'cat' is listed twice (first on line 1)"),
+    ("map.json", '{"cat": "tench", "dog": "goldfish", "cat": "goldfish"}', "map.json lists folder 'cat' twice"),
+])
+def test_a_mapping_file_listing_a_folder_twice_is_one_line_exit_2(tmp_path, capsys, name, text, expected):
+    root = make_image_folder(tmp_path / "data", ["cat", "dog"], per_class=1)
+    mapping = tmp_path / name
+    mapping.write_text(text)
+    out = tmp_path / "out"
+    assert main(["evaluate", "-d", f"folder={root}:{mapping}", "-m", CLIP, "--allow-random", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not out.exists()

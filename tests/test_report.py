@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -237,6 +239,24 @@ def test_train_section_from_the_train_layout(tmp_path):
     assert page.banner
 
 
+
+def test_train_section_from_a_steps_log_with_garbage_bytes_skips_and_counts_them(tmp_path, capsys, caplog):
+    """A damaged log/steps.jsonl (non-UTF-8 bytes, a torn line) still gives a report of what is readable."""
+    run = make_train_run(tmp_path)  # 3 epochs x 4 steps
+    steps = run / "log" / "steps.jsonl"
+    lines = steps.read_bytes().splitlines(keepends=True)
+    lines[5] = b"\x80\x81\xfe{\"step\": 5, \"loss\"\n"  # damaged bytes in place of step 5
+    steps.write_bytes(b"".join(lines) + b"\xff\xfe\x00garbage\n" + b"[1, 2]\n")
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert f"{steps}: skipped 3 unreadable lines" in caplog.text
+    (section,) = build_report([run]).sections
+    (curves,) = [b for b in section.blocks if b.kind == "figure" and b.title.startswith("loss")]
+    assert curves.caption == "11 optimizer steps"
+    assert "epochs" in parse(out.read_text()).tables
+
+
 # --------------------------------------------------------------------------- Markdown and the CLI
 
 
@@ -254,6 +274,43 @@ def test_markdown_writes_tables_and_images_beside_it(evaluate_run, tmp_path):
     assert "Random weights" in text
 
 
+
+def test_markdown_escapes_titles_class_and_file_names(tmp_path, evaluate_run, capsys):
+    """Hostile names in every place the Markdown shows text: literal text, no HTML tag, no extra table column."""
+    from clipcompare.report.blocks import Cell, Gallery, Heading, Prediction, Report, Section, Table, Text, Tile
+
+    tile = Tile("evil/<script>`x`|.jpg", b"\xff\xd8jpeg", "<b>tench</b>",
+                {"m<i>": [Prediction("*bold* [x](javascript:alert(1))", 0.5, True)]})
+    section = Section("evaluate", "run <script>alert(1)</script>", "/runs/`odd`", blocks=[
+        Heading("<script>alert(1)</script> #", 3),
+        Text("a <img src=x onerror=alert(1)> & _under_"),
+        Table("per class", ["class|name", "n"], [[Cell("<img src=x onerror=alert(1)>"), Cell("a | b")]], [False, True]),
+        Gallery("only <em>one</em>", [tile]),
+    ], facts=[("dataset", "x\n## injected")])
+    md = write_markdown(Report("<script>alert('t')</script>", "now", [section]), tmp_path / "r.md")
+    lines = md.read_text().splitlines()
+    assert lines[0] == "# &lt;script&gt;alert('t')&lt;/script&gt;"
+    assert "## run &lt;script&gt;alert(1)&lt;/script&gt;" in lines
+    assert "- directory: `` /runs/`odd` ``" in lines  # a code span: padded, as its text ends with a backtick
+    assert "- dataset: x \\#\\# injected" in lines  # one line: no heading injected
+    assert "### &lt;script&gt;alert(1)&lt;/script&gt; \\#" in lines
+    assert "a &lt;img src=x onerror=alert(1)&gt; &amp; \\_under\\_" in lines
+    table = [line.rstrip() for line in lines if line.startswith("|")]
+    assert table == ["| class\\|name | n |", "|---|---:|", "| &lt;img src=x onerror=alert(1)&gt; | a \\| b |"]
+    (tile_line,) = [line for line in lines if line.startswith("- ![")]
+    assert tile_line == ("- ![evil/&lt;script&gt;\\`x\\`\\|.jpg](r_files/s1-04-only-em-one-em-01.jpg) "
+                         "&lt;b&gt;tench&lt;/b&gt; (``evil/<script>`x`|.jpg``); m&lt;i&gt;: "
+                         "\\*bold\\* \\[x\\](javascript:alert(1)) 50%")
+    # the CLI's --title, and an --out name with a space: links still resolve
+    run, _ = evaluate_run
+    out = tmp_path / "my report (1).html"
+    assert main(["report", str(run), "--out", str(out), "--markdown", "--title", "<script>x</script>"]) == 0
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("# &lt;script&gt;x&lt;/script&gt;\n") and "<script" not in text
+    links = [unquote(line.split("](", 1)[1].split(")", 1)[0]) for line in text.splitlines() if "](" in line]
+    assert links and all((tmp_path / link).is_file() for link in links)
+
+
 def test_cli_report_html_and_markdown(evaluate_run, tmp_path, capsys):
     run, _ = evaluate_run
     train = make_train_run(tmp_path)
@@ -267,6 +324,49 @@ def test_cli_report_html_and_markdown(evaluate_run, tmp_path, capsys):
     # a directory holding run directories stands for them
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "all.html")]) == 0
     assert "data-kind=\"train\"" in (tmp_path / "all.html").read_text()
+
+
+
+def test_cli_report_out_a_directory_or_the_markdown_name_is_one_line_and_writes_nothing(evaluate_run, tmp_path,
+                                                                                       capsys):
+    run, _ = evaluate_run
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"clipcompare: error: --out {out} is a directory; name the HTML file to write "
+                                       f"(e.g. {out / 'report.html'})\n")
+    (out / "r.md").mkdir()
+    assert main(["report", str(run), "--out", str(out / "r.html"), "--markdown"]) == 2
+    assert capsys.readouterr().err == (f"clipcompare: error: --markdown writes {out / 'r.md'}, which is a directory; "
+                                       "choose another --out\n")
+    # the HTML and the Markdown would be one file
+    assert main(["report", str(run), "--out", str(out / "x.md"), "--markdown"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipcompare: error: --out {out / 'x.md'}: --markdown writes the Markdown to "
+                          f"{out / 'x.md'} beside the HTML") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "r.md"]  # no .NAME.tmp, no x.md, no assets
+
+
+
+def test_cli_report_on_a_full_disk_is_one_line_and_leaves_no_temp_file(evaluate_run, tmp_path, monkeypatch, capsys):
+    """ENOSPC simulated in-process: the report's temp file meets a full disk half-way."""
+    import errno
+    import pathlib
+
+    run, _ = evaluate_run
+    out = tmp_path / "r" / "report.html"
+    original = pathlib.Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name == ".report.html.tmp":
+            original(self, data[:100])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return original(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"clipcompare: error: cannot write {out}: No space left on device\n"
+    assert list(out.parent.iterdir()) == []
 
 
 def test_cli_report_errors_are_one_line(tmp_path, capsys):

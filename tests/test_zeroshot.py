@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import open_clip
 import pytest
@@ -14,7 +15,7 @@ from clipcompare.errors import UserError
 from clipcompare.models.classifier import ClipClassifier
 from clipcompare.models.loading import load_model
 from clipcompare.models.spec import parse_spec
-from clipcompare.zeroshot import build_head, cached_head, head_cache_key, load_templates
+from clipcompare.zeroshot import build_head, cached_head, head_cache_key, load_templates, render_prompts
 
 NAMES = ["bald eagle", "axolotl", "common iguana", "French bulldog", "a very long class name with many words in it"]
 
@@ -50,6 +51,30 @@ def test_templates(tmp_path):
         load_templates(str(f))
     with pytest.raises(UserError):
         load_templates("nosuchset")
+
+
+
+def test_template_file_with_other_braces_is_refused_at_load_naming_the_line(tmp_path, image_folder, capsys):
+    """Templates are ``str.format`` with one ``{}`` (open_clip's): other fields are one line, not a KeyError."""
+    f = tmp_path / "t.txt"
+    f.write_text("# mine\na photo of a {}.\n\na {0} {name} photo of {}.\n")
+    expected = f"{f}:4: a template needs exactly one '{{}}' (the class name) and no other braces ('{{{{' and '}}}}' " \
+               "for literal ones), not 'a {0} {name} photo of {}.'"
+    with pytest.raises(UserError, match=f"^{re.escape(expected)}$"):
+        load_templates(str(f))
+    for bad in ("a {} in {}", "a {0}", "a {:>9}", "a {!r}", "an {unclosed {}", "a {} }"):
+        f.write_text(f"{bad}\n")
+        with pytest.raises(UserError, match=f"^{re.escape(str(f))}:1: a template needs exactly one"):
+            load_templates(str(f))
+    f.write_text("a {{logo}} of {}\n")  # doubled braces are literal, as in str.format
+    assert render_prompts(["dog"], load_templates(str(f))) == ["a {logo} of dog"]
+    # the user's path: one line and exit 2 from the command
+    f.write_text("a {0} {name} photo of {}.\n")
+    img = next(image_folder.rglob("*.JPEG"))
+    assert main(["classify", str(img), "--labels", "dog,cat", "-m", "clip:tiny-RN-quickgelu", "--allow-random",
+                 "--templates", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipcompare: error: {f}:1: a template needs") and err.count("\n") == 1
 
 
 def test_head_cache_roundtrip(tmp_path, tiny_clip, monkeypatch):
@@ -187,6 +212,33 @@ def test_classify_bad_image_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.jpg" in err[0]
     assert main(["classify", str(tmp_path / "missing.jpg")]) == 2
+
+
+
+def test_classify_a_folder_skips_and_counts_unreadable_images(tmp_path, capsys):
+    """As evaluate does: the readable images are classified, the others listed with their reasons."""
+    from helpers import make_image
+
+    folder = tmp_path / "photos"
+    for k in range(3):
+        make_image(folder / f"ok{k}.jpg", size=(40, 32), seed=k)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "torn.jpg").write_bytes((folder / "ok0.jpg").read_bytes()[:40])
+    base = [str(folder), "--labels", "dog,cat", "-m", "clip:tiny-RN-quickgelu", "--top", "1"]
+    out = _classify_json(capsys, *base)
+    assert [r["path"] for r in out["results"]] == [str(folder / f"ok{k}.jpg") for k in range(3)]
+    assert [s["path"] for s in out["skipped"]] == [str(folder / "broken.jpg"), str(folder / "torn.jpg")]
+    assert all(s["reason"].split(":")[0] in ("UnidentifiedImageError", "OSError") for s in out["skipped"])
+    assert "skipped 2 unreadable images" in out["notes"][-1]
+    assert main(["classify", *base, "--allow-random", "--templates", "single"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[-1].startswith(f"note: skipped 2 unreadable images (first: {folder / 'broken.jpg'}: ")
+    assert sum(line == str(folder / f"ok{k}.jpg") for line in text for k in range(3)) == 3
+    for k in range(3):  # nothing readable left: one line
+        (folder / f"ok{k}.jpg").unlink()
+    assert main(["classify", *base, "--allow-random"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("clipcompare: error: no readable image among 2 files (first: ")
 
 
 def test_cli_usage_errors_are_one_line(capsys):

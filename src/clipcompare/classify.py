@@ -64,6 +64,33 @@ def open_images(paths: Sequence[Path]) -> list[Image.Image]:
     return images
 
 
+def read_inputs(paths: Sequence[Path]) -> tuple[list[Path], list[Image.Image], list[tuple[Path, str]]]:
+    """The images named or found in folders, decoded up front: (paths, images, skipped (path, reason)).
+
+    A file named on the command line that cannot be read is the user's to fix (a UserError); an
+    unreadable file found in a folder is skipped with its reason, as ``evaluate`` skips it.
+    """
+    kept: list[Path] = []
+    images: list[Image.Image] = []
+    skipped: list[tuple[Path, str]] = []
+    for given in map(Path, paths):
+        if not given.is_dir():
+            images += open_images([given])
+            kept.append(given)
+            continue
+        for p in expand_paths([given]):
+            try:
+                images.append(load_rgb(p))
+            except Exception as exc:  # noqa: BLE001 - as in evaluate: one bad file must not stop the rest
+                log.warning("skipping unreadable image %s: %s: %s", p, type(exc).__name__, exc)
+                skipped.append((p, f"{type(exc).__name__}: {exc}"))
+                continue
+            kept.append(p)
+    if not kept:
+        raise UserError(f"no readable image among {len(skipped)} files (first: {skipped[0][0]}: {skipped[0][1]})")
+    return kept, images, skipped
+
+
 @torch.inference_mode()
 def classify(
     classifiers: Sequence[Classifier],

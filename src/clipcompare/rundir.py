@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +53,14 @@ class RunLock:
     that file, which the kernel drops when the owner dies however it dies (kill -9 included), so
     a stale lock is simply taken over and a pid reused by another process cannot keep it. The
     file is removed on release. ``what`` names the command in the refusal.
+
+    An flock belongs to the open file, which a forked child (a DataLoader or multiprocessing
+    worker) shares through its copy of the descriptor: orphaned workers of a killed owner would
+    keep the lock until they noticed and exited. So every forked child closes its copies at once
+    (:func:`_close_in_forked_child`), and exec'd children (torchrun, spawn) never get one (the
+    descriptor is not inheritable): the lock dies with its owner. POSIX record locks
+    (``lockf``), which children do not inherit, are no alternative: the owner would lose its lock
+    whenever it closed any other descriptor of the file, and would not be refused by itself.
     """
 
     def __init__(self, root: Path, what: str = "clipcompare") -> None:
@@ -64,9 +73,12 @@ class RunLock:
         """Take the lock or raise UserError (one line) naming the live owner."""
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--out {self.root} exists and is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # a read-only file system, a full disk or no permission: the user's to fix
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise UserError(f"--out {self.root}: cannot write there ({exc.strerror or exc})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -88,9 +100,14 @@ class RunLock:
                         _owner_of(stale))
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
                 "since": now_iso()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
+        _HELD.add(self)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as exc:  # a full disk: give the lock back (its file removed) before anything is written
+            self.release()
+            raise UserError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         return self
 
     def release(self) -> None:
@@ -98,6 +115,13 @@ class RunLock:
             self.path.unlink(missing_ok=True)  # before unlocking, so a waiter re-checks the inode
             os.close(self._fd)
             self._fd = None
+            _HELD.discard(self)
+
+    def _forget(self) -> None:
+        """In a forked child: close this copy of the descriptor; the parent still holds the lock."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None  # so the child's release() cannot remove the parent's lock file
 
     def _owner_text(self) -> str:
         try:
@@ -110,6 +134,20 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# the locks this process holds, for the fork hook below
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def _close_in_forked_child() -> None:
+    """Run in every child forked from Python (multiprocessing, DataLoader workers): drop the locks' fds."""
+    for lock in list(_HELD):
+        lock._forget()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
 
 
 def _owner_of(raw: bytes) -> str:

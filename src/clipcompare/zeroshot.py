@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,13 +38,23 @@ def load_templates(name_or_path: str) -> list[Template]:
     if not path.is_file():
         raise UserError(f"--templates: expected 'single', 'openai' or a file, got {name_or_path!r}")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    templates = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not templates:
+    numbered = [(n, ln) for n, ln in enumerate(lines, 1) if ln and not ln.startswith("#")]
+    if not numbered:
         raise UserError(f"template file {path} has no templates")
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise UserError(f"template file {path}: each line needs exactly one '{{}}', not {bad[0]!r}")
-    return templates
+    for n, template in numbered:
+        if not _one_class_field(template):
+            raise UserError(f"{path}:{n}: a template needs exactly one '{{}}' (the class name) and no other "
+                            f"braces ('{{{{' and '}}}}' for literal ones), not {template!r}")
+    return [t for _, t in numbered]
+
+
+def _one_class_field(template: str) -> bool:
+    """Whether ``template.format(name)`` fills exactly one plain ``{}`` and nothing else (as open_clip's do)."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError:  # an unmatched '{' or '}'
+        return False
+    return fields == [("", "", None)]
 
 
 def render_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[str]:

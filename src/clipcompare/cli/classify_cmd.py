@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipcompare.cli.common import add_model_args, csv_list, model_specs, print_json
+from clipcompare.cli.common import add_model_args, label_list, model_specs, print_json
 from clipcompare.models.spec import DEFAULT_MODELS
 
 RAW_COSINE_HELP = (
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                    help="image files, or folders (the image files directly in them)")
     labels = p.add_mutually_exclusive_group()
-    labels.add_argument("--labels", type=csv_list, help='comma-separated labels, e.g. "dog,cat,bald eagle"')
+    labels.add_argument("--labels", type=label_list, help='comma-separated labels, e.g. "dog,cat,bald eagle"')
     labels.add_argument("--imagenet", action="store_true", help="the 1000 ImageNet classes (default)")
     labels.add_argument("--seed-classes", action="store_true",
                         help="the seed notebooks' 10 ImageNet classes (bald eagle, axolotl, ... leopard)")
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from clipcompare.cache import default_cache_dir
     from clipcompare.classes import ClassSet
-    from clipcompare.classify import classify, expand_paths, open_images, results_to_dict
+    from clipcompare.classify import classify, read_inputs, results_to_dict
     from clipcompare.dtypes import DTYPES, dtype_support, parse_dtype
     from clipcompare.errors import UserError
     from clipcompare.evaluation import resolve_device
@@ -61,25 +61,30 @@ def _run(args: argparse.Namespace) -> int:
     support = dtype_support(precision, device.type)
     if not support.supported:
         raise UserError(f"--precision {precision} on {device}: {support.note}")
-    args.images = expand_paths(args.images)
-    images = open_images(args.images)  # fail on a bad image before minutes of model loading
-    if args.labels:
+    # a bad file named fails (and unreadable ones in folders are skipped) before minutes of model loading
+    paths, images, skipped = read_inputs(args.images)
+    if args.labels is not None:
         classes = ClassSet.from_labels(args.labels)
+        _refuse_one_class_twice(args.labels, classes)
     elif args.seed_classes:
         classes = ClassSet.from_labels(SEED_LABELS)
     else:
         classes = ClassSet.imagenet()
     classifiers = create_classifiers(model_specs(args), templates=args.templates, cache_dir=default_cache_dir(),
                                      allow_random=args.allow_random, device=device, dtype=DTYPES[precision])
-    results, notes = classify(classifiers, args.images, classes, top_k=args.top, raw_cosine=args.raw_cosine,
+    results, notes = classify(classifiers, paths, classes, top_k=args.top, raw_cosine=args.raw_cosine,
                               images=images)
     random = [c.name for c in classifiers if not c.pretrained]
     notes += [f"{n}: random weights (results are meaningless)" for n in random]
     if support.note:
         notes.append(f"precision {precision}: {support.note}")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
+                     f"(first: {skipped[0][0]}: {skipped[0][1]})")
     if args.json:
         print_json({"classes": len(classes), "templates": args.templates, "raw_cosine": args.raw_cosine,
-                    "precision": precision, "results": results_to_dict(results), "notes": notes})
+                    "precision": precision, "results": results_to_dict(results), "notes": notes,
+                    "skipped": [{"path": str(p), "reason": r} for p, r in skipped]})
         return 0
     for res in results:
         print(res.path)
@@ -91,3 +96,14 @@ def _run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     return 0
+
+
+def _refuse_one_class_twice(labels: list[str], classes) -> None:
+    """Two labels naming one ImageNet class (``tench``, ``n01440764``) would split its probability."""
+    from clipcompare.errors import UserError
+
+    first: dict[int, str] = {}
+    for label, index in zip(labels, classes.imagenet_indices or ()):
+        if index in first:
+            raise UserError(f"--labels: {label!r} and {first[index]!r} name the same ImageNet class")
+        first[index] = label

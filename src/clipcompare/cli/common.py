@@ -90,6 +90,23 @@ def csv_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def label_list(text: str) -> list[str]:
+    """An argparse ``type``: comma-separated labels, at least one, none twice (case-insensitive).
+
+    An empty list would otherwise fall back to the default classes, and a label given twice would be
+    scored as two classes splitting its probability.
+    """
+    labels = csv_list(text)
+    if not labels:
+        raise argparse.ArgumentTypeError(f"no labels in {text!r}")
+    seen: dict[str, str] = {}
+    for label in labels:
+        if label.casefold() in seen:
+            raise argparse.ArgumentTypeError(f"{label!r} is given twice (as {seen[label.casefold()]!r} before)")
+        seen[label.casefold()] = label
+    return labels
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

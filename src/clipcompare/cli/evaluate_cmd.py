@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, metavar="RUN_DIR", help="run directory (created)")
     p.add_argument("--limit-per-class", type=int_at_least(1), metavar="N", help="first N images per class (sorted)")
     p.add_argument("--batch-size", type=int_at_least(1), default=32, metavar="N", help="images per batch (default 32)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help="decoding processes; 0 decodes in the main process (default: 0 on CPU, where the forward passes use every core; cores - 1, at most 16, on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--templates", default="openai", metavar="single|openai|FILE",

@@ -12,6 +12,7 @@ from clipcompare.cli.common import (
     ensure_out_dir,
     format_table,
     int_at_least,
+    label_list,
     model_specs,
     print_json,
 )
@@ -72,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images for the drift comparison (default: a few generated images)")
     p.add_argument("--max-images", type=int_at_least(1), default=16, metavar="N",
                    help="use at most N images from --images (default 16)")
-    p.add_argument("--labels", type=csv_list, metavar="LIST",
+    p.add_argument("--labels", type=label_list, metavar="LIST",
                    help="comma-separated class labels for the drift comparison (default: the 10 seed classes "
                    "bald eagle, axolotl, ... leopard)")
     p.add_argument("--templates", default="single",
@@ -99,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     config = PrecisionConfig(
         dtypes=args.dtypes, mode=args.mode, batch_sizes=args.batch_sizes, device=args.device,
         channels_last=args.channels_last, compile=args.compile,
-        labels=tuple(args.labels) if args.labels else SEED_LABELS, templates=args.templates,
+        labels=tuple(args.labels) if args.labels is not None else SEED_LABELS, templates=args.templates,
         images=args.images, max_images=args.max_images, warmup=args.warmup, min_runs=args.min_runs,
         min_time_s=args.min_time, max_time_s=max(args.max_time, args.min_time), threads=args.threads,
     )

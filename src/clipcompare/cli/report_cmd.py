@@ -31,8 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from clipcompare.errors import UserError
     from clipcompare.report import ReportOptions, build_report, write_html, write_markdown
 
+    # checked before any run is read: a bad --out costs nothing and leaves nothing behind
+    markdown = args.out.with_suffix(".md")
+    if args.markdown and markdown == args.out:
+        raise UserError(f"--out {args.out}: --markdown writes the Markdown to {markdown} beside the HTML; "
+                        f"give --out the HTML's name (e.g. {args.out.with_suffix('.html')})")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a directory; name the HTML file to write (e.g. {args.out / 'report.html'})")
+    if args.markdown and markdown.is_dir():
+        raise UserError(f"--markdown writes {markdown}, which is a directory; choose another --out")
     options = ReportOptions(gallery_per_class=args.gallery_per_class, gallery_total=args.gallery_size)
     report = build_report(args.runs, options, title=args.title)
     if report.random_weights:

@@ -12,6 +12,7 @@ for this dataset and only CLIP is scored.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from clipcompare.classes import ClassSet
@@ -27,13 +28,17 @@ def read_mapping(path: Path) -> dict[str, str]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            pairs = json.loads(text, object_pairs_hook=lambda items: items)  # sees a key given twice
         except json.JSONDecodeError as exc:
             raise UserError(f"class mapping file {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        if not isinstance(pairs, list) or not all(isinstance(v, str) for _, v in pairs):
             raise UserError(f"class mapping file {path} must hold one JSON object of folder → class name strings")
-        return {str(k): v.strip() for k, v in data.items()}
+        twice = [k for k, n in Counter(k for k, _ in pairs).items() if n > 1]
+        if twice:
+            raise UserError(f"class mapping file {path} lists folder {twice[0]!r} twice")
+        return {str(k): v.strip() for k, v in pairs}
     mapping: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].rstrip()
         if not line.strip():
@@ -41,6 +46,10 @@ def read_mapping(path: Path) -> dict[str, str]:
         folder, sep, label = line.partition("\t") if "\t" in line else line.strip().partition(" ")
         if not sep or not label.strip():
             raise UserError(f"{path}:{lineno}: expected 'FOLDER<TAB>CLASS', got {raw!r}")
+        if folder.strip() in first_line:
+            raise UserError(f"{path}:{lineno}: folder {folder.strip()!r} is listed twice (first on line "
+                            f"{first_line[folder.strip()]})")
+        first_line[folder.strip()] = lineno
         mapping[folder.strip()] = label.strip()
     if not mapping:
         raise UserError(f"class mapping file {path} has no entries")

@@ -7,6 +7,7 @@ file; torn leftovers are removed and their rows predicted again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -211,11 +212,18 @@ class SkipLog:
         if (dataset, path) in self._records:
             return
         self._records[(dataset, path)] = reason
-        if self._file is None:
-            self.write_path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.write_path.open("a", encoding="utf-8")
-        self._file.write(json.dumps({"dataset": dataset, "path": path, "reason": reason}) + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self.write_path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.write_path.open("a", encoding="utf-8")
+            self._file.write(json.dumps({"dataset": dataset, "path": path, "reason": reason}) + "\n")
+            self._file.flush()
+        except OSError as exc:  # a full disk: a torn last line is dropped when the run resumes
+            if self._file is not None:
+                with contextlib.suppress(OSError):  # closing would try the unwritten buffer again
+                    self._file.close()
+                self._file = None
+            raise UserError(f"cannot write {self.write_path}: {exc.strerror or exc}") from None
 
     def fold(self) -> None:
         """Re-read every rank's file and keep one ``skipped.jsonl`` (atomically rewritten) with them all."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from clipcompare.fileio import atomic_write_bytes
 from clipcompare.report.blocks import Figure, Gallery, Report, Tile
@@ -18,13 +20,29 @@ def _environment(autoescape: bool) -> Any:
         loader=jinja2.PackageLoader("clipcompare.report", "templates"),
         autoescape=autoescape, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
     )
-    env.filters["md_cell"] = _md_cell
+    env.filters["md"] = md_text
+    env.filters["md_code"] = md_code
     return env
 
 
-def _md_cell(text: Any) -> str:
-    """Table cell text safe inside a Markdown pipe table."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+# inline Markdown syntax (emphasis, code, links, headings' closing #, table pipes, strikethrough) and the
+# backslash that escapes it; < > & become entities, so no name opens an HTML tag or entity. An "_" inside
+# a word (IMAGENET1K_V1, img_0.JPEG) never emphasises in CommonMark, so it stays as it is, readable.
+_MD_PUNCTUATION = re.compile(r"([\\`*\[\]#|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
+
+
+def md_text(text: Any) -> str:
+    """Any text (titles, class and file names, table cells) as literal Markdown: one line, nothing interpreted."""
+    escaped = html.escape(" ".join(str(text).splitlines()), quote=False)
+    return _MD_PUNCTUATION.sub(r"\\\1", escaped)
+
+
+def md_code(text: Any) -> str:
+    """Text as one Markdown code span, fenced by more backticks than it holds in a row (CommonMark)."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _slug(text: str) -> str:
@@ -68,7 +86,7 @@ def write_markdown(report: Report, path: Path) -> Path:
     prefix = assets.name
 
     def src(obj: Figure | Tile) -> str:
-        return f"{prefix}/{names[id(obj)]}"
+        return quote(f"{prefix}/{names[id(obj)]}")  # the --out name may hold spaces or parentheses
 
     text = _environment(False).get_template("report.md.j2").render(report=report, src=src)
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -49,15 +49,27 @@ def is_run(path: Path) -> bool:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines log; a torn last line (a run killed mid-write) is ignored."""
+    """Records of a JSON-lines log; unreadable lines (torn by a kill, damaged bytes) are skipped and counted.
+
+    A partly damaged log still gives its readable records: the report shows what survives, and one
+    warning says how many lines it could not read.
+    """
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    out, bad = [], 0
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
         try:
-            out.append(json.loads(line))
-        except ValueError:
-            log.warning("%s: ignoring an unreadable line", path)
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        else:
+            bad += 1
+    if bad:
+        log.warning("%s: skipped %d unreadable line%s", path, bad, "" if bad == 1 else "s")
     return out
 
 
