@@ -440,6 +440,8 @@ def _require_network(url: str) -> None:
     Without this, huggingface_hub retries with back-off for ~45 s per file before giving up,
     which is what an offline user would otherwise wait for every missing model.
     """
+    if os.environ.get("CLIPCOMPARE_OFFLINE") == "1":  # every download of every loader passes here
+        raise OSError("CLIPCOMPARE_OFFLINE=1: downloads are switched off")
     if os.environ.get("HF_HUB_OFFLINE") == "1" and "huggingface" in url:
         raise OSError("HF_HUB_OFFLINE=1")
     host = urlparse(url).hostname or url
