@@ -22,6 +22,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CLIPCOMPARE_OFFLINE"] = "1"  # no loader downloads anything (subprocesses inherit it)
 os.environ["TORCH_HOME"] = str(_TMP / "torch")
 os.environ["HF_HOME"] = str(_TMP / "hf")
+os.environ["XDG_CACHE_HOME"] = str(_TMP / "xdg")
+# a developer's cache locations would override HF_HOME and let their downloaded models into the tests
+for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE", "HF_XET_CACHE"):
+    os.environ.pop(_var, None)
 os.environ["CLIPCOMPARE_CACHE"] = str(_TMP / "cache")
 os.environ["HOME"] = str(_TMP / "home")  # ~/.cache/clip lookups
 os.environ.setdefault("OMP_NUM_THREADS", "2")
