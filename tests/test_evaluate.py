@@ -200,6 +200,7 @@ def test_cli_summary_skips_supervised_on_non_imagenet_folder_and_guards_resume(t
     assert "different settings" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow  # a subprocess, killed, and a 90-image run
 def test_kill_9_mid_run_then_resume(tmp_path):
     """A real SIGKILL between chunks: the same command finishes with the uninterrupted result."""
     import os

@@ -125,6 +125,7 @@ def test_loaders_fall_back_to_random_weights_without_touching_the_network(source
     assert _lines(log) == []
 
 
+@pytest.mark.slow  # a subprocess that imports torch and builds a model
 def test_the_cli_in_a_subprocess_downloads_nothing(tmp_path):
     log = tmp_path / "child.log"
     image = make_image(tmp_path / "x.jpg")

@@ -53,7 +53,6 @@ def test_parse_spec_rejects(bad, says):
 
 def test_spec_names():
     assert parse_spec("resnet50").name == "resnet50:IMAGENET1K_V1"
-    assert load_model(parse_spec("clip:RN50"), allow_random=True).spec.name == "clip:RN50@openai"
     assert parse_spec("clip:RN50@yfcc15m=/p/w.bin").name == "clip:RN50@yfcc15m=w.bin"
     assert parse_spec("resnet50:IMAGENET1K_V2=/p/r.pth").name == "resnet50:IMAGENET1K_V2=r.pth"
 
@@ -89,6 +88,7 @@ def test_torchvision_state_dict_roundtrip(tmp_path):
         assert torch.equal(ref(x), load_model(parse_spec(f"resnet18={wrapped}")).model(x))
 
 
+@pytest.mark.slow  # builds a full ResNet-50
 def test_torchvision_preprocessing_follows_weights():
     v1 = load_model(parse_spec("resnet18:IMAGENET1K_V1"), allow_random=True).preprocess
     v2 = load_model(parse_spec("resnet50:IMAGENET1K_V2"), allow_random=True).preprocess
@@ -145,9 +145,10 @@ def test_openai_torchscript_forces_quickgelu(tmp_path, tiny_clip):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # builds a full RN50
 def test_openai_tag_is_loaded_with_quickgelu():
     loaded = load_model(parse_spec("clip:RN50"), allow_random=True)
-    assert not loaded.pretrained
+    assert not loaded.pretrained and loaded.spec.name == "clip:RN50@openai"  # the default tag is named
     assert any(type(m).__name__ == "QuickGELU" for m in loaded.model.modules())
     # the tag's preprocessing: OpenAI mean/std, bicubic
     norm = loaded.preprocess.transforms[-1]
@@ -156,7 +157,9 @@ def test_openai_tag_is_loaded_with_quickgelu():
 
 @pytest.mark.parametrize(
     "spec, filename",
-    [("resnet50", "resnet50-0676ba61.pth"), ("resnet50:IMAGENET1K_V2", "resnet50-11ad3fa6.pth"), ("clip:RN50", "RN50.pt")],
+    [pytest.param("resnet50", "resnet50-0676ba61.pth", marks=pytest.mark.slow),  # the model is built first
+     pytest.param("resnet50:IMAGENET1K_V2", "resnet50-11ad3fa6.pth", marks=pytest.mark.slow),
+     ("clip:RN50", "RN50.pt")],
 )
 def test_missing_weights_message(spec, filename):
     with pytest.raises(MissingWeightsError, match=re.escape(filename)) as err:
