@@ -136,6 +136,7 @@ def test_sigkill_during_merge_or_metrics_write_then_resume(tmp_path, where, unin
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow  # four runs of a 224-pixel ResNet-18 over 1000 classes, three in emulated fp16/bf16
 def test_precision_is_recorded_binds_the_run_and_warns_when_emulated(tmp_path, monkeypatch, caplog, capsys):
     data = make_image_folder(tmp_path / "d", WNIDS, per_class=3)
     fp32 = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(tmp_path / "fp32"))
