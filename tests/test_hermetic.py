@@ -51,16 +51,20 @@ def test_a_connection_to_another_machine_is_refused_before_the_syscall_and_logge
                 u.sendto(b"x", (TEST_NET, 53))
             with pytest.raises(netguard.NetworkAccessError, match=rf"sendto \('{TEST_NET}', 53\)"):
                 u.sendto(b"x", 0, (TEST_NET, 53))
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
-            with pytest.raises(netguard.NetworkAccessError, match=r"connect \('2001:db8::1', 80, 0, 0\)"):
-                s6.connect(("2001:db8::1", 80, 0, 0))
+        try:  # a kernel without IPv6 cannot even make the socket: then there is nothing to guard
+            s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        except OSError:
+            s6 = None
+        if s6 is not None:
+            with s6, pytest.raises(netguard.NetworkAccessError, match=r"connect \('2001:db8::1', 80, 0, 0\)"):
+                s6.connect(("2001:db8::1", 80, 0, 0))  # 2001:db8::/32: the documentation range
         # a host name: refused at the lookup, before any DNS query leaves the machine
         with pytest.raises(netguard.NetworkAccessError, match=r"getaddrinfo 'download\.pytorch\.org'"):
             socket.create_connection(("download.pytorch.org", 443), timeout=1)
         with pytest.raises(netguard.NetworkAccessError, match=r"gethostbyname 'example\.com'"):
             socket.gethostbyname("example.com")
     lines = _lines(log)
-    assert len(lines) == 7 and all(line.startswith(f"pid {os.getpid()}: ") for line in lines)
+    assert len(lines) == (7 if s6 is not None else 6) and all(line.startswith(f"pid {os.getpid()}: ") for line in lines)
     assert "test_hermetic.py" in lines[0]  # the caller is named
     assert netguard.log_path() != log  # the session's log is back, and holds none of these
 
