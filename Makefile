@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-cuda clean
+.PHONY: demo test test-quick install bench bench-cuda clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m clipcompare demo
 
+# The whole suite, offline and sealed (tests/conftest.py): what CI runs, and what `make test` means.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The quick run while developing: the same suite without the tests marked `slow` (full-size
+# ResNet-50/RN50/ViT-B-32 builds, SIGKILL and torchrun subprocesses). Run `make test` before committing.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate_speed.py

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from clipcompare.cli import main
 from clipcompare.data.photos import SAMPLE_PHOTOS
 from test_report import parse
@@ -11,6 +13,7 @@ from test_report import parse
 MODELS = ["resnet18:IMAGENET1K_V1", "clip:tiny-RN-quickgelu"]
 
 
+@pytest.mark.slow  # every step of `make demo`, precision timing of a 224-pixel ResNet-18 in three dtypes included
 def test_demo_runs_end_to_end_on_photos_and_ends_with_the_report_path(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--photos", "2", "--views", "1", "--device", "cpu",

@@ -62,6 +62,19 @@ def test_imagenet_r_masks_both_models_to_200_classes(tmp_path, classifiers):
             x = torch.stack([clf.preprocess(im) for im in images])
             logits = clf.logits(x, ds.classes)
             assert logits.shape == (2, 200)
+        # CLIP: the head is built for exactly those 200 classes; each of its columns is the class's own
+        # normalised text embedding, so it equals the matching column of the 1000-class head
+        clip = classifiers[CLIP]
+        x = torch.stack([clip.preprocess(im) for im in images])
+        head, full_head = clip.head(ds.classes), clip.head(ClassSet.imagenet())
+        assert head.shape == (64, 200) and full_head.shape == (64, 1000)
+        torch.testing.assert_close(head, full_head[:, list(IMAGENET_R_INDICES)], rtol=0, atol=1e-6)
+        feats = clip.model.encode_image(x)
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        scale = clip.model.logit_scale.exp()
+        torch.testing.assert_close(clip.logits(x, ds.classes), scale * feats @ head, rtol=0, atol=1e-5)
+        torch.testing.assert_close(clip.logits(x, ds.classes),
+                                   (scale * feats @ full_head)[:, list(IMAGENET_R_INDICES)], rtol=0, atol=1e-4)
         sup = classifiers[RESNET]
         x = torch.stack([sup.preprocess(im) for im in images])
         full = sup.model(x)
@@ -188,6 +201,7 @@ def test_cli_summary_skips_supervised_on_non_imagenet_folder_and_guards_resume(t
     assert "different settings" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow  # a subprocess, killed, and a 90-image run
 def test_kill_9_mid_run_then_resume(tmp_path):
     """A real SIGKILL between chunks: the same command finishes with the uninterrupted result."""
     import os

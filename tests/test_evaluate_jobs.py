@@ -224,6 +224,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
     return data, root / "ref"
 
 
+@pytest.mark.slow  # a subprocess per kill point
 @pytest.mark.parametrize("where", ["merge", "merge-half", "metrics"])
 def test_sigkill_during_merge_or_metrics_write_then_resume(tmp_path, where, uninterrupted):
     data, ref = uninterrupted
@@ -313,6 +314,7 @@ def test_disk_full_is_one_line_keeps_what_was_flushed_and_the_same_command_resum
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow  # four runs of a 224-pixel ResNet-18 over 1000 classes, three in emulated fp16/bf16
 def test_precision_is_recorded_binds_the_run_and_warns_when_emulated(tmp_path, monkeypatch, caplog, capsys):
     data = make_image_folder(tmp_path / "d", WNIDS, per_class=3)
     fp32 = evaluate([RESNET, CLIP], [f"imagenet={data}"], options(tmp_path / "fp32"))
@@ -342,6 +344,7 @@ def test_precision_is_recorded_binds_the_run_and_warns_when_emulated(tmp_path, m
     assert "precision: bf16" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # torchrun: two ranks over gloo
 def test_torchrun_two_ranks_resume_a_one_process_run(tmp_path, monkeypatch):
     """Half a run by one process, finished by 2 torchrun ranks (gloo): identical to one process throughout."""
     data = make_image_folder(tmp_path / "d", WNIDS, per_class=5, size=(48, 40))

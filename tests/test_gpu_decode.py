@@ -55,8 +55,10 @@ def test_parameters_come_from_the_transform_object():
     tp = tensor_preprocess(custom)
     assert (tp.resize, tp.crop, tp.interpolation.value, tp.antialias) == ((100,), (80, 90), "bicubic", False)
     assert tp.mean == (0.1, 0.2, 0.3) and tp.std == (0.4, 0.5, 0.6)
-    for bad in (T.Compose([T.RandomHorizontalFlip(), T.ToTensor()]), T.Compose([T.Resize(10)]), lambda im: im):
-        with pytest.raises(UnsupportedTransform):
+    for bad, says in ((T.Compose([T.RandomHorizontalFlip(), T.ToTensor()]), "no tensor equivalent for the step "
+                       "RandomHorizontalFlip"), (T.Compose([T.Resize(10)]), "never converts the image to a float tensor"),
+                      (lambda im: im, "no tensor equivalent for function")):
+        with pytest.raises(UnsupportedTransform, match=says):
             tensor_preprocess(bad)
 
 

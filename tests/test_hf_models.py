@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_parse_local_dir_resolves_relative_paths(tmp_path, monkeypatch):
     ("clip:hf-hub:org/re--po", "not a Hugging Face repo id"),
 ])
 def test_parse_refusals_are_one_line(bad, says):
-    with pytest.raises(UserError) as err:
+    with pytest.raises(UserError, match=re.escape(says)) as err:
         parse_spec(bad)
     assert says in str(err.value) and "\n" not in str(err.value)
 
@@ -213,7 +214,7 @@ def test_local_dir_missing_pieces_are_one_line_errors(tmp_path, capsys):
         assert ("--allow-random cannot stand in" in str(err.value)) == allow_random
 
     config_only = _write_model_files(tmp_path / "config-only", None)
-    with pytest.raises(MissingWeightsError) as err:
+    with pytest.raises(MissingWeightsError, match="open_clip_model.safetensors") as err:
         load_model(parse_spec(f"clip:local-dir:{config_only}"))
     msg = str(err.value)
     assert "open_clip_model.safetensors" in msg and "open_clip_pytorch_model.bin" in msg and "\n" not in msg
@@ -282,7 +283,7 @@ def test_hf_hub_never_goes_online_even_when_hf_hub_offline_is_unset(hf_cache, mo
 
 def test_hf_hub_empty_cache_is_a_one_line_error(tmp_path, hf_cache, capsys):
     for allow_random in (False, True):
-        with pytest.raises(MissingWeightsError) as err:
+        with pytest.raises(MissingWeightsError, match=re.escape(f"hf download {REPO}")) as err:
             load_model(parse_spec(f"clip:hf-hub:{REPO}"), allow_random=allow_random)
         msg = str(err.value)
         assert "\n" not in msg and str(hf_cache) in msg and f"hf download {REPO}" in msg

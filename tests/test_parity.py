@@ -137,6 +137,7 @@ def test_spec_can_name_the_other_activation(tmp_path, released_tiny_rn):
     assert (quick_head - ref_head).abs().max().item() > 1e-3
 
 
+@pytest.mark.slow  # a full RN50
 def test_full_size_rn50_state_dict_resolves_to_quickgelu(tmp_path):
     """The real name: clip:RN50=FILE with an open_clip-format RN50 state dict is QuickGELU, decided
     from open_clip's registry (openai, yfcc15m, cc12m), and agrees with RN50-quickgelu."""
@@ -174,6 +175,7 @@ def test_zero_shot_matches_open_clip(tmp_path, arch, spec_arch, quick):
 # ------------------------------------------------------------------------------ torchvision
 
 
+@pytest.mark.slow  # full ResNet-50s at 224 pixels
 def test_resnet50_matches_torchvision_with_its_weights_transforms(tmp_path):
     from torchvision.models import ResNet50_Weights, resnet50
 

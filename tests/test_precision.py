@@ -6,8 +6,10 @@ Everything runs on CPU with tiny or toy models and a handful of timed runs.
 from __future__ import annotations
 
 import json
+import re
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -50,15 +52,58 @@ def test_drift_of_identical_logits_is_exactly_zero():
     assert (d.images, d.classes, d.top5_k) == (7, 10, 5)
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def drift_by_hand(ref_logits, other_logits) -> dict[str, float]:
+    """The drift statistics written out in numpy, image by image: |p - q| over all entries, KL(p ‖ q) with
+    p the fp32 reference, and top-k agreement as equal *sets* of class indices."""
+    r, o = np.asarray(ref_logits, dtype=np.float64), np.asarray(other_logits, dtype=np.float64)
+    log_p, log_q = _log_softmax(r), _log_softmax(o)
+    p, q = np.exp(log_p), np.exp(log_q)
+    kl = [sum(p[i, c] * (log_p[i, c] - log_q[i, c]) for c in range(r.shape[1])) for i in range(len(r))]
+    k = min(5, r.shape[1])
+    same_set = [set(np.argsort(-r[i], kind="stable")[:k]) == set(np.argsort(-o[i], kind="stable")[:k])
+                for i in range(len(r))]
+    return dict(max_abs_prob_diff=np.abs(p - q).max(), mean_abs_prob_diff=np.abs(p - q).mean(),
+                kl_mean=np.mean(kl), kl_max=np.max(kl), top1_agreement=np.mean(r.argmax(1) == o.argmax(1)),
+                top5_agreement=np.mean(same_set))
+
+
+def assert_drift_equals_hand(d, ref_logits, other_logits) -> None:
+    want = drift_by_hand(ref_logits, other_logits)
+    got = {key: getattr(d, key) if not isinstance(d, dict) else d[key] for key in want}
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
 @pytest.mark.parametrize("scale", [0.01, 1.0, 30.0, 1000.0])
-def test_drift_values_are_bounded(scale):
+def test_drift_equals_a_hand_computation(scale):
     g = torch.Generator().manual_seed(1)
     ref, other = torch.randn(16, 10, generator=g) * scale, torch.randn(16, 10, generator=g) * scale
     d = prediction_drift(ref, other)
-    for v in (d.max_abs_prob_diff, d.mean_abs_prob_diff, d.top1_agreement, d.top5_agreement):
-        assert 0.0 <= v <= 1.0
-    assert d.mean_abs_prob_diff <= d.max_abs_prob_diff
-    assert 0.0 <= d.kl_mean <= d.kl_max
+    assert_drift_equals_hand(d, ref.numpy(), other.numpy())
+    assert (d.images, d.classes, d.top5_k) == (16, 10, 5)
+    # KL has a direction: KL(fp32 ‖ other), not KL(other ‖ fp32), which differs on these logits
+    reverse = drift_by_hand(other.numpy(), ref.numpy())
+    assert d.kl_mean != pytest.approx(reverse["kl_mean"], rel=1e-3)
+
+
+def test_top5_agreement_compares_sets_not_orders():
+    """Rows 0-3 reorder their top 5 among themselves (same set: agree); rows 4-5 swap rank 5 with rank 6
+    (another set: disagree, top-1 unchanged); rows 6-7 move the top class to the bottom."""
+    ref = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0]]).repeat(8, 1)
+    other = ref.clone()
+    other[0:4, :5] = torch.tensor([5.0, 9, 6, 8, 7])  # top-1 moves to class 1: the set stays {0..4}
+    other[4:6, 4], other[4:6, 5] = 4.0, 5.0
+    other[6:8, 0] = -1.0
+    d = prediction_drift(ref, other)
+    assert d.top5_agreement == 0.5 and d.top1_agreement == 2 / 8
+    assert_drift_equals_hand(d, ref.numpy(), other.numpy())
+    # fewer than 5 classes: k is the number of classes, so every row agrees on its (whole) set
+    three = prediction_drift(ref[:, :3], ref[:, [2, 1, 0]])
+    assert (three.top5_k, three.top5_agreement, three.top1_agreement) == (3, 1.0, 0.0)
 
 
 def test_drift_of_half_precision_logits_is_small_but_measured():
@@ -66,14 +111,18 @@ def test_drift_of_half_precision_logits_is_small_but_measured():
     d = prediction_drift(ref, ref.half().float())
     assert 0.0 < d.max_abs_prob_diff < 1e-2 and d.kl_mean >= 0.0
     assert d.top1_agreement == 1.0
+    assert_drift_equals_hand(d, ref.numpy(), ref.half().float().numpy())
 
 
 def test_drift_leaves_out_non_finite_rows():
     ref = torch.randn(4, 10)
     other = ref.clone()
     other[1, 3] = float("inf")
+    other[2] += torch.linspace(0, 1, 10)
     d = prediction_drift(ref, other)
-    assert d.nonfinite_images == 1 and d.images == 3 and d.max_abs_prob_diff == 0.0
+    assert d.nonfinite_images == 1 and d.images == 3
+    kept = [0, 2, 3]
+    assert_drift_equals_hand(d, ref[kept].numpy(), other[kept].numpy())
 
 
 # --------------------------------------------------------------------------- weights
@@ -169,8 +218,11 @@ def test_dtype_support_never_raises():
 def test_config_rejects_bad_values():
     from clipcompare.errors import UserError
 
-    for kwargs in (dict(dtypes=("fp8",)), dict(mode="fast"), dict(batch_sizes=(0,)), dict(device="tpu")):
-        with pytest.raises(UserError):
+    for kwargs, says in ((dict(dtypes=("fp8",)), "unknown dtype 'fp8'; choose from fp32, fp16, bf16"),
+                         (dict(mode="fast"), "unknown mode 'fast'; choose from cast, autocast"),
+                         (dict(batch_sizes=(0,)), "batch sizes must be positive integers"),
+                         (dict(device="tpu"), "unknown device 'tpu'; choose from cpu, cuda")):
+        with pytest.raises(UserError, match=re.escape(says)):
             PrecisionConfig(**kwargs)
     assert PrecisionConfig(dtypes=("half", "bfloat16", "fp16")).dtypes == ("fp16", "bf16")
 
@@ -202,6 +254,20 @@ def _toy_classifier() -> SupervisedClassifier:
     return SupervisedClassifier(loaded)
 
 
+def _record_drift_inputs(patch) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (fp32, other) logits each drift in a run was computed from, in call order (fp32 first)."""
+    import clipcompare.precision.run as run_module
+
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def recording(reference_logits, other_logits):
+        calls.append((reference_logits.float().numpy().copy(), other_logits.float().numpy().copy()))
+        return prediction_drift(reference_logits, other_logits)
+
+    patch.setattr(run_module, "prediction_drift", recording)
+    return calls
+
+
 def _toy_run(**overrides):
     config = PrecisionConfig(**{**FAST, **overrides})
     return evaluate_model(
@@ -210,7 +276,8 @@ def _toy_run(**overrides):
     )
 
 
-def test_a_kernel_that_raises_becomes_a_note_and_the_rest_is_measured():
+def test_a_kernel_that_raises_becomes_a_note_and_the_rest_is_measured(monkeypatch):
+    drift_inputs = _record_drift_inputs(monkeypatch)
     result = _toy_run()
     by = {r.dtype: r for r in result.results}
     half = by["fp16"]
@@ -224,7 +291,11 @@ def test_a_kernel_that_raises_becomes_a_note_and_the_rest_is_measured():
         assert [b.batch_size for b in r.batches] == [1, 2]
         assert all(b.latency.median_ms > 0 for b in r.batches)
     assert by["fp32"].drift.max_abs_prob_diff == 0.0
-    assert 0.0 <= by["bf16"].drift.max_abs_prob_diff <= 1.0
+    # the bf16 drift is the hand computation on the fp32 and bf16 logits of the 3 images (fp16 never ran)
+    (fp32_ref, fp32_again), (bf16_ref, bf16_logits) = drift_inputs
+    assert np.array_equal(fp32_ref, fp32_again) and np.array_equal(bf16_ref, fp32_ref)
+    assert fp32_ref.shape == (3, 10) and not np.array_equal(bf16_logits, fp32_ref)
+    assert_drift_equals_hand(by["bf16"].drift, fp32_ref, bf16_logits)
     assert any("random weights" in n for n in result.notes)
 
 
@@ -268,12 +339,14 @@ def cli_run(tmp_path_factory):
     """One end-to-end run of the command on a tiny CLIP, all three dtypes, JSON + plot written."""
     out = tmp_path_factory.mktemp("precision")
     argv = ["precision", "-m", "clip:tiny-RN-quickgelu", "--dtypes", "fp32,fp16,bf16", *FAST_ARGS, "--out", str(out)]
-    rc = main(argv)
-    return rc, out
+    with pytest.MonkeyPatch.context() as patch:
+        drift_inputs = _record_drift_inputs(patch)
+        rc = main(argv)
+    return rc, out, drift_inputs
 
 
 def test_cli_writes_json_and_plot(cli_run):
-    rc, out = cli_run
+    rc, out, drift_inputs = cli_run
     assert rc == 0
     report = json.loads((out / "precision.json").read_text())
     (model,) = report["models"]
@@ -290,10 +363,14 @@ def test_cli_writes_json_and_plot(cli_run):
             assert lat["runs"] >= 3 and 0 < lat["median_ms"] <= lat["p90_ms"] + 1e-9
             assert lat["minor_faults_per_run"] is None or lat["minor_faults_per_run"] >= 0
             assert b["memory"]["peak_inference_bytes"] is None or b["memory"]["peak_inference_bytes"] >= 0
-        d = r["drift"]
-        assert 0.0 <= d["max_abs_prob_diff"] <= 1.0 and 0.0 <= d["mean_abs_prob_diff"] <= 1.0
-        assert 0.0 <= d["top1_agreement"] <= 1.0 and 0.0 <= d["top5_agreement"] <= 1.0
-        assert d["kl_mean"] >= 0.0
+    # each dtype's drift in the JSON is the hand computation on the logits it was computed from: fp32's
+    # against itself, then fp16's and bf16's against fp32's, on the 8 generated images
+    assert [r["dtype"] for r in model["results"]] == ["fp32", "fp16", "bf16"] and len(drift_inputs) == 3
+    fp32_logits = drift_inputs[0][0]
+    assert fp32_logits.shape == (8, 10)  # the 10 seed classes
+    for r, (ref, other) in zip(model["results"], drift_inputs):
+        assert np.array_equal(ref, fp32_logits)
+        assert_drift_equals_hand(r["drift"], ref, other)
     assert by["fp16"]["weight_bytes"] * 2 == by["fp32"]["weight_bytes"]
     assert by["bf16"]["weight_bytes"] * 2 == by["fp32"]["weight_bytes"]
     assert report["files"]["plot"] == "precision.png"
@@ -335,7 +412,7 @@ def test_cli_human_output_and_json_flag(capsys, tmp_path):
     (["--warmup", "-1"], "at least 0"),
 ])
 def test_bad_flag_values_exit_2_with_one_line(capsys, flags, word):
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="^2$") as exc:
         main(["precision", *flags])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()

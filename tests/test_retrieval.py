@@ -71,9 +71,9 @@ def test_recall_batched_equals_clip_benchmark_on_random_embeddings():
 
 
 def test_recall_rejects_mismatched_inputs():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"text_to_image has \(5,\) entries for 6 texts"):
         recall_at_k(torch.eye(3), SCORES, OWNER[:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="K must be at least 1"):
         recall_at_k(torch.eye(3), SCORES, OWNER, ks=(0,))
 
 
@@ -96,9 +96,9 @@ def test_caption_embeddings_equal_full_forward_and_are_cached(tiny_clip, tmp_pat
 
     monkeypatch.setattr("clipcompare.captions.encode_prompts", boom)
     assert torch.equal(caption_embeddings(model, tok, CAPTIONS, model_id="tiny#1", cache_dir=tmp_path), emb)
-    with pytest.raises(AssertionError):  # another model id or other captions: another key
-        caption_embeddings(model, tok, CAPTIONS, model_id="tiny#2", cache_dir=tmp_path)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="the second call must read the cache"):  # another model id
+        caption_embeddings(model, tok, CAPTIONS, model_id="tiny#2", cache_dir=tmp_path)  # or other captions: another key
+    with pytest.raises(AssertionError, match="the second call must read the cache"):
         caption_embeddings(model, tok, CAPTIONS[:-1], model_id="tiny#1", cache_dir=tmp_path)
 
 

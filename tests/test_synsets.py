@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import json
 import random
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -106,9 +107,15 @@ def test_crane_is_ambiguous():
         W.synset("crane")
 
 
-@pytest.mark.parametrize("bad", ["spanel", "n99999999", "dgo.n.01", 1000, -1])
-def test_unknown_raises_user_error(bad):
-    with pytest.raises(UserError):
+@pytest.mark.parametrize("bad, says", [
+    ("spanel", "unknown synset or class 'spanel'; closest: spaniel"),
+    ("n99999999", "n99999999 is not an ImageNet-1k class or one of their ancestors"),
+    ("dgo.n.01", "unknown synset or class 'dgo.n.01'; closest: dingo.n.01, dog.n.01"),
+    (1000, "class index 1000 is out of range 0-999"),
+    (-1, "class index -1 is out of range 0-999"),
+])
+def test_unknown_raises_user_error(bad, says):
+    with pytest.raises(UserError, match=re.escape(says)):
         W.synset(bad)
 
 
@@ -152,7 +159,7 @@ def test_class_distance_matches_tree_distance(random_pairs):
     assert (np.diag(m) == 0).all() and (m == m.T).all()
     for a, b in random_pairs:
         assert W.class_distance(a, b) == W.tree_distance(a, b) == m[a, b]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="class indices must be in 0-999, got 0, 1000"):
         W.class_distance(0, 1000)
 
 
@@ -222,6 +229,6 @@ def test_cli_unknown_is_one_line_exit_2(capsys, argv):
 
 
 def test_cli_needs_a_mode(capsys):
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="^2$") as exc:
         main(["synsets"])
     assert exc.value.code == 2

@@ -176,6 +176,7 @@ def test_retrieval_command_reproduces_the_trained_row(trained_run, coco, capsys)
         assert row[key] == pytest.approx(trained[key]), key
 
 
+@pytest.mark.slow  # subprocesses: a killed run and its resume
 def test_resume_after_sigkill_is_bitwise_identical(coco, tmp_path, capsys):
     from clipcompare.train.loop import KILL_ENV
     from clipcompare.train.main import train
@@ -234,6 +235,7 @@ def ddp_run(coco, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # torchrun: two processes over gloo
 def test_torchrun_two_processes_gloo(ddp_run):
     run = json.loads((ddp_run / "run.json").read_text())
     assert run["world_size"] == 2 and run["finished"]
@@ -244,6 +246,7 @@ def test_torchrun_two_processes_gloo(ddp_run):
     assert (ddp_run / "checkpoints" / "latest.pt").is_file() and (ddp_run / "retrieval.json").is_file()
 
 
+@pytest.mark.slow  # torchrun, killed and resumed
 def test_torchrun_run_killed_and_resumed_is_bitwise_identical(coco, ddp_run, tmp_path, capsys):
     """Both processes SIGKILLed after step 3 (epoch 1, step 1); resumed by torchrun with the same N, the
     run ends with the uninterrupted run's weights and losses. Another N is refused with one line."""

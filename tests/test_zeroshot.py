@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -47,9 +48,9 @@ def test_templates(tmp_path):
     f.write_text("# comment\na sketch of a {}.\n\nart of the {}.\n")
     assert load_templates(str(f)) == ["a sketch of a {}.", "art of the {}."]
     f.write_text("no placeholder\n")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"each line needs exactly one '\{\}', not 'no placeholder'"):
         load_templates(str(f))
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="--templates: expected 'single', 'openai' or a file, got 'nosuchset'"):
         load_templates("nosuchset")
 
 
@@ -173,14 +174,29 @@ def test_classify_free_labels_skip_the_supervised_model(image_folder, capsys):
     assert any("skipped resnet18" in n for n in out["notes"])
 
 
-def test_raw_cosine_is_a_plain_softmax_of_cosines(image_folder, capsys, tiny_clip):
+def test_raw_cosine_is_a_plain_softmax_of_cosines(image_folder, capsys):
     img = sorted(image_folder.rglob("*.JPEG"))[0]
     args = [str(img), "--labels", ",".join(NAMES), "--top", "5", "-m", "clip:tiny-RN-quickgelu"]
     raw = _classify_json(capsys, *args, "--raw-cosine")["results"][0]["predictions"]["clip:tiny-RN-quickgelu"]
     scaled = _classify_json(capsys, *args)["results"][0]["predictions"]["clip:tiny-RN-quickgelu"]
-    # with a logit scale > 1 the default distribution is sharper than the raw-cosine one
-    assert raw[0]["prob"] < scaled[0]["prob"]
-    assert sum(p["prob"] for p in raw) == pytest.approx(1.0, abs=1e-5)
+
+    # by hand, with open_clip's own head: the same seeded random model, its image embedding, the cosines
+    from PIL import Image
+
+    from clipcompare.models.loading import seeded_init
+
+    with seeded_init():  # the CLI's random init
+        loaded = load_model(parse_spec("clip:tiny-RN-quickgelu"), allow_random=True)
+    with torch.no_grad(), Image.open(img) as im:
+        emb = loaded.model.encode_image(loaded.preprocess(im.convert("RGB")).unsqueeze(0))
+        head = open_clip.build_zero_shot_classifier(loaded.model, loaded.tokenizer, NAMES, ["a photo of a {}."])
+    cos = ((emb / emb.norm(dim=-1, keepdim=True)) @ head)[0].double().numpy()
+    scale = loaded.model.logit_scale.exp().item()
+    assert scale == pytest.approx(1 / 0.07)  # open_clip's initial temperature: the two runs must differ
+    for got, logits in ((raw, cos), (scaled, scale * cos)):
+        want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert [p["label"] for p in got] == [NAMES[i] for i in np.argsort(-want)]
+        assert [p["prob"] for p in got] == pytest.approx(np.sort(want)[::-1].tolist(), abs=1e-6)
 
 
 def test_classify_a_folder_is_its_image_files_in_batches(image_folder, tmp_path, capsys, monkeypatch):
@@ -243,7 +259,7 @@ def test_classify_a_folder_skips_and_counts_unreadable_images(tmp_path, capsys):
 
 def test_cli_usage_errors_are_one_line(capsys):
     for argv in (["nosuchcommand"], ["classify"], ["classify", "x.jpg", "--top", "many"]):
-        with pytest.raises(SystemExit) as exc:
+        with pytest.raises(SystemExit, match="^2$") as exc:
             main(argv)
         assert exc.value.code == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
