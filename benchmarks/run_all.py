@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if status != 0 and not missed:  # stopped before judging its goals
             failures.append(f"{name}: exited with status {status} before reporting its goals")
     if failures:
-        print(f"\n{len(failures)} goal(s) missed:")
+        print(f"\ngoals missed ({len(failures)}):")
         for failure in failures:
             print(f"  {failure}")
         return 1
