@@ -1,4 +1,4 @@
-"""Cross-check `clipcompare precision`'s latency against an independent torch.utils.benchmark.Timer.
+"""Goal: `clipcompare precision`'s FP32 latency within 10% of torch.utils.benchmark.Timer's, per model.
 
 For each model (default: ResNet-50 and CLIP RN50, random weights, CPU), this runs the library's
 FP32 measurement at batch 8 (``clipcompare.precision.evaluate``, the code behind the command) and
@@ -27,10 +27,13 @@ import os
 import statistics
 import sys
 
+from goals import report_goals  # benchmarks/goals.py, beside this script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights are fine; never wait on a download
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (tests/test_docs.py checks the documented examples against them)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", "-m", dest="models", action="append", metavar="SPEC",
                    help="model spec, repeatable (default: resnet50 clip:RN50)")
@@ -40,7 +43,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved precision/Timer rounds; medians over rounds are compared (default 3)")
-    return p.parse_args(argv)
+    return p
 
 
 def _precision_median(spec: str, config) -> tuple[str, float]:
@@ -83,7 +86,7 @@ def _gray_image():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import torch
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
           f"tolerance ±{args.tolerance:.0%}")
     print(f"allocator: {allocator}")
     print(f"{'model':<28} {'precision ms':>13} {'Timer ms':>10} {'ratio':>7}  verdict  (per round: precision/Timer ms)")
-    failed = False
+    goals: list[tuple[str, bool]] = []
     for spec in models:
         ours: list[float] = []
         theirs: list[float] = []
@@ -117,17 +120,18 @@ def main(argv: list[str] | None = None) -> int:
             if not precision_first:
                 name, value = _precision_median(spec, config)
                 ours.append(value)
+        goal = f"{name}: precision's FP32 latency within {args.tolerance:.0%} of Timer's"
         if any(math.isnan(v) for v in ours):
             print(f"{name:<28} precision measured nothing (see notes in its report)")
-            failed = True
+            goals.append((goal, False))
             continue
         a, b = statistics.median(ours), statistics.median(theirs)
         ratio = a / b
         ok = abs(ratio - 1.0) <= args.tolerance
-        failed |= not ok
+        goals.append((goal, ok))
         rounds = ", ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(ours, theirs))
         print(f"{name:<28} {a:13.1f} {b:10.1f} {ratio:7.3f}  {'ok' if ok else 'OUTSIDE tolerance'}  ({rounds})")
-    return 1 if failed else 0
+    return report_goals(goals)
 
 
 if __name__ == "__main__":
