@@ -15,6 +15,7 @@ files): the x-axis of effective robustness for those two shifts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +29,28 @@ ACCURACY_COLUMNS: tuple[str, ...] = (
     "imagenet-r-clean", "imagenet-a-clean",
 )
 GROUPS: tuple[str, ...] = ("standard", "more data", "zero-shot")
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A distribution shift: its label, and whether its x-axis is the clean 200-class ImageNet top-1."""
+
+    label: str
+    clean: bool = False
+
+    def x_column(self, kind: str) -> str:
+        """The reference column of this shift's x-axis."""
+        return f"{kind}-clean" if self.clean else "imagenet"
+
+
+# by clipcompare's dataset kinds (ObjectNet: the reference rows only; evaluate has no objectnet kind)
+SHIFTS: dict[str, Shift] = {
+    "imagenet-v2": Shift("ImageNet-V2"),
+    "imagenet-sketch": Shift("ImageNet-Sketch"),
+    "imagenet-r": Shift("ImageNet-R", clean=True),
+    "imagenet-a": Shift("ImageNet-A", clean=True),
+    "objectnet": Shift("ObjectNet"),
+}
 
 # timm tag tokens that mean a stage on more than ImageNet-1k's labelled images before (or instead of)
 # supervised ImageNet-1k training: other labelled sets, web image-text pairs, self-supervised or
