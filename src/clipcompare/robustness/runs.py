@@ -106,7 +106,11 @@ def read_run(path: Path) -> RunData:
             x, reason = _id_top1(model, shift, base, bool(by_kind.get("imagenet")))
             run.points.append(RunPoint(model, shift, 100.0 * values["top1"], x, str(path), model in random, reason))
     if not run.points and not run.imagenet:
-        run.notes.append(f"{path}: no ImageNet or shifted dataset (imagenet, {', '.join(SHIFTS)}) evaluated")
+        raise UserError(f"{path}: the run holds none of imagenet, {', '.join(k for k in SHIFTS if k != 'objectnet')}; "
+                        "nothing to place on the robustness map")
+    if run.points and not run.imagenet:
+        run.notes.append(f"{path}: no imagenet dataset, so its shift points have no ImageNet accuracy (x) and no "
+                         "effective robustness; evaluate imagenet too")
     return run
 
 
