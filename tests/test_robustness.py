@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 import pytest
 
+from clipcompare.cli import main
+from clipcompare.robustness import evaluate, read_run
 from clipcompare.robustness.fit import EPSILON_PERCENT, fit_baseline, from_axis, to_axis
 from clipcompare.robustness.reference import DATA_FILE, load_reference, timm_group
+from clipcompare.robustness.runs import RunData
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,3 +138,144 @@ def test_zero_and_hundred_percent_are_clipped_not_nan():
     assert np.isfinite(rho).all()
     assert to_axis([0.0])[0] == pytest.approx(np.log(EPSILON_PERCENT / (100 - EPSILON_PERCENT)))
     assert from_axis(to_axis([0.0, 37.5, 100.0]))[1] == pytest.approx(37.5)
+
+
+# --------------------------------------------------------------------------- run directories, the map, the CLI
+
+SUP, ZS = "resnet50:IMAGENET1K_V1", "clip:RN50@openai"
+
+
+def make_run(root: Path, datasets: dict[str, dict[str, dict]], random: tuple[str, ...] = (),
+             status: str = "complete") -> Path:
+    """A finished evaluate run directory as evaluate writes it: run.json, metrics.json, predictions/."""
+    root.mkdir(parents=True)
+    (root / "predictions").mkdir()
+    models = list(dict.fromkeys(m for d in datasets.values() for m in d))
+    (root / "run.json").write_text(json.dumps({
+        "settings": {"datasets": [{"name": k, "kind": k} for k in datasets]}, "status": status,
+        "models": [{"name": m, "pretrained": m not in random} for m in models]}))
+    (root / "metrics.json").write_text(json.dumps({"datasets": {
+        kind: {"kind": kind, "models": models_} for kind, models_ in datasets.items()}}))
+    return root
+
+
+def standard_run(root: Path) -> Path:
+    return make_run(root, {
+        "imagenet": {SUP: {"top1": 0.75, "subset_top1": {"imagenet-r": {"top1": 0.9, "n": 10},
+                                                         "imagenet-a": {"top1": 0.8, "n": 10}}},
+                     ZS: {"top1": 0.6, "subset_top1": {"imagenet-r": {"top1": 0.85, "n": 10},
+                                                       "imagenet-a": {"top1": 0.0, "n": 10}}}},
+        "imagenet-v2": {SUP: {"top1": 0.63}, ZS: {"top1": 0.53}},
+        "imagenet-sketch": {SUP: {"top1": 0.25}, ZS: {"top1": 0.35}},
+        "imagenet-r": {SUP: {"top1": 0.4}, ZS: {"top1": 1.0}},
+        "imagenet-a": {SUP: {"top1": 0.02}, ZS: {"top1": 0.0}},
+    }, random=(ZS,))
+
+
+def _point(view, model, run=None):
+    return next(p for p in view["points"] if p["model"] == model and p.get("run") == run)
+
+
+def test_run_points_equal_its_metrics_json(tmp_path):
+    run = read_run(standard_run(tmp_path / "run"))
+    result = evaluate([run], bootstrap=0)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["datasets"]
+    for kind, x_of in (("imagenet-sketch", lambda m: metrics["imagenet"]["models"][m]["top1"]),
+                       ("imagenet-r", lambda m: metrics["imagenet"]["models"][m]["subset_top1"]["imagenet-r"]["top1"]),
+                       ("imagenet-a", lambda m: metrics["imagenet"]["models"][m]["subset_top1"]["imagenet-a"]["top1"])):
+        view = result["shifts"][kind]
+        for model in (SUP, ZS):
+            p = _point(view, model, str(run.path))
+            assert p["group"] == "your runs" and p["random_weights"] == (model == ZS)
+            assert p["id_top1"] == pytest.approx(100 * x_of(model))
+            assert p["ood_top1"] == pytest.approx(100 * metrics[kind]["models"][model]["top1"])
+            fit = view["fit"]
+            x = np.clip(p["id_top1"], EPSILON_PERCENT, 100 - EPSILON_PERCENT) / 100
+            expected = 100 / (1 + np.exp(-(fit["slope"] * np.log(x / (1 - x)) + fit["intercept"])))
+            assert p["effective_robustness"] == pytest.approx(p["ood_top1"] - expected, abs=2e-3)
+    # 0% and 100% in a run: finite, no NaN anywhere in the JSON
+    assert _point(result["shifts"]["imagenet-a"], ZS, str(run.path))["effective_robustness"] is not None
+    json.dumps(result, allow_nan=False)
+    avg = _point(result["average"], SUP, str(run.path))
+    assert (avg["id_top1"], avg["ood_top1"]) == (75.0, pytest.approx(100 * np.mean([0.63, 0.25, 0.4, 0.02])))
+    assert avg["effective_robustness"] is not None
+
+
+def test_run_without_imagenet_lists_points_with_the_reason(tmp_path):
+    path = make_run(tmp_path / "run", {"imagenet-sketch": {SUP: {"top1": 0.25}}})
+    run = read_run(path)
+    p = _point(evaluate([run], bootstrap=0)["shifts"]["imagenet-sketch"], SUP, str(path))
+    assert (p["id_top1"], p["ood_top1"], p["effective_robustness"]) == (None, 25.0, None)
+    assert "no imagenet dataset" in p["reason"] and run.notes
+
+
+def test_old_run_without_the_200_class_x_axis_says_so(tmp_path):
+    path = make_run(tmp_path / "run", {"imagenet": {SUP: {"top1": 0.75}}, "imagenet-r": {SUP: {"top1": 0.4}},
+                                       "imagenet-v2": {SUP: {"top1": 0.6}}})
+    result = evaluate([read_run(path)], bootstrap=0)
+    r = _point(result["shifts"]["imagenet-r"], SUP, str(path))
+    assert r["id_top1"] is None and "200-class" in r["reason"]
+    assert _point(result["shifts"]["imagenet-v2"], SUP, str(path))["id_top1"] == 75.0
+    avg = _point(result["average"], SUP, str(path))
+    assert avg["effective_robustness"] is None and "ImageNet-Sketch, ImageNet-A" in avg["reason"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "plain").mkdir()
+    running = make_run(tmp_path / "running", {"imagenet": {SUP: {"top1": 0.7}}}, status="running")
+    cases = [(tmp_path / "missing", "no such run directory"), (tmp_path / "plain", "not an evaluate run"),
+             (running, "still in progress")]
+    for path, message in cases:
+        assert main(["robustness", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    # one usable run among bad ones: shown, the others one warning line each
+    good = standard_run(tmp_path / "good")
+    assert main(["robustness", str(good), str(tmp_path / "plain"), "--bootstrap", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "not an evaluate run" in err and err.count("\n") == 1
+    lines = out.splitlines()
+    assert lines[3].startswith(SUP) and lines[4].startswith(ZS) and "random weights" in lines[4]
+    assert lines[5].startswith("timm:resnet50.tv_in1k") and lines[6].startswith("clip:RN50@openai")
+
+
+def test_cli_json_and_out_dir(tmp_path, capsys):
+    good = standard_run(tmp_path / "good")
+    assert main(["robustness", str(good), "--json", "--bootstrap", "20", "--transform", "probit",
+                 "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    sketch = doc["shifts"]["imagenet-sketch"]
+    assert sketch["fit"]["transform"] == "probit" and len(sketch["fit"]["models"]) == sketch["fit"]["n_models"] > 900
+    assert set(sketch["points"][0]) >= {"model", "group", "id_top1", "ood_top1", "effective_robustness"}
+    assert json.loads((tmp_path / "out" / "robustness.json").read_text()) == doc
+    from PIL import Image
+
+    for name in ("imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet", "average"):
+        assert Image.open(tmp_path / "out" / f"{name}.png").size[0] > 500
+
+
+def test_labels_of_crowded_points_do_not_overlap():
+    from clipcompare.report.plots import _pyplot
+    from clipcompare.robustness.plots import place_labels
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 5.6))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    points = [{"id_top1": 50 + 0.3 * i, "ood_top1": 40 + 0.2 * i} for i in range(8)]
+    anns = place_labels(ax, [(p, f"model number {i}", 8) for i, p in enumerate(points)])
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(a) for a in anns]  # the label's text, not its leader line
+    for i in range(len(boxes)):
+        for j in range(i):
+            assert not boxes[i].overlaps(boxes[j]), (i, j)
+    plt.close(fig)
+
+
+def test_empty_map_without_runs_is_the_published_map():
+    result = evaluate([], bootstrap=0)
+    assert result["runs"] == [] and all(p["group"] != "your runs" for p in result["average"]["points"])
+    assert result["shifts"]["objectnet"]["fit"] is None and len(result["shifts"]["objectnet"]["points"]) == 121
+    assert isinstance(RunData, type)

@@ -92,7 +92,9 @@ def _view(label: str, x_label: str, table: pd.DataFrame, x: pd.Series, y: pd.Ser
     ux = np.array([np.nan if u[3] is None else u[3] for u in user], dtype=np.float64)
     uy = np.array([u[4] for u in user], dtype=np.float64)
     rho_ref = fit.effective_robustness(x[has], y[has]) if fit else np.full(len(ref), np.nan)
-    rho_user = fit.effective_robustness(np.nan_to_num(ux, nan=50.0), uy) if fit and len(user) else np.full(len(user), np.nan)
+    rho_user = np.full(len(user), np.nan)
+    if fit and len(user):  # a point without x gets no ρ (50 only stands in for the missing x)
+        rho_user = fit.effective_robustness(np.nan_to_num(ux, nan=50.0), uy)
     for (model, run, random, xi, yi, reason), rho in zip(user, rho_user):
         point = {"model": model, "group": YOUR_RUNS, "id_top1": _r(xi), "ood_top1": _r(yi),
                  "effective_robustness": _r(rho) if xi is not None else None, "run": run, "random_weights": random}

@@ -111,7 +111,8 @@ def place_labels(ax: Any, labels: Sequence[tuple[dict[str, Any], str, float]]) -
         for dx, dy in _OFFSETS:
             x0 = x + dx * px - (w if dx < 0 else 0)
             y0 = y + dy * px - (h if dy < 0 else 0)
-            rect = (x0, y0, x0 + w, y0 + h)
+            # with a margin: the drawn box differs slightly from the measured one
+            rect = (x0 - pad, y0 - pad, x0 + w + pad, y0 + h + pad)
             inside = frame.x0 <= x0 and rect[2] <= frame.x1 and frame.y0 <= y0 and rect[3] <= frame.y1
             if inside and not any(_overlap(rect, other) for other in taken):
                 chosen = (dx, dy)
