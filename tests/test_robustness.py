@@ -255,8 +255,7 @@ def test_cli_json_and_out_dir(tmp_path, capsys):
 
 
 def test_labels_of_crowded_points_do_not_overlap():
-    from clipcompare.report.plots import _pyplot
-    from clipcompare.robustness.plots import place_labels
+    from clipcompare.robustness.plots import _pyplot, place_labels
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 5.6))

@@ -9,14 +9,27 @@ overlapping labels (hovering is not needed). Figures come back as PNG bytes, as 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from clipcompare.report.plots import _png, _pyplot
 from clipcompare.robustness.fit import from_axis, to_axis
 from clipcompare.robustness.map import YOUR_RUNS, predicted_ood
+
+DPI = 100  # as the report's plots
+
+
+def _pyplot() -> Any:
+    """pyplot on the headless Agg backend (not via clipcompare.report, whose package imports torch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 GROUP_STYLE: dict[str, dict[str, Any]] = {
     "standard": {"color": "#7f9fbf", "s": 9, "alpha": 0.55, "label": "standard (ImageNet-1k only)"},
@@ -35,6 +48,8 @@ def view_figure(view: dict[str, Any], transform: str = "logit", title: str | Non
     """One shift's (or the average's) scatter as PNG bytes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 5.6))
+    # fixed margins instead of tight_layout: its extra draws were half of the map's time
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.09, top=0.94)
     scale = ("function", {"functions": (lambda p: to_axis(p, transform), lambda t: from_axis(t, transform))})
     ax.set_xscale(scale[0], **scale[1])
     ax.set_yscale(scale[0], **scale[1])
@@ -84,7 +99,10 @@ def view_figure(view: dict[str, Any], transform: str = "logit", title: str | Non
     labels = [(p, p["model"] + (" (random)" if p.get("random_weights") else ""), 8) for p in yours]
     labels += [(p, p["model"], 7) for p in marks]
     place_labels(ax, labels)
-    return _png(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def place_labels(ax: Any, labels: Sequence[tuple[dict[str, Any], str, float]]) -> list[Any]:
@@ -94,7 +112,6 @@ def place_labels(ax: Any, labels: Sequence[tuple[dict[str, Any], str, float]]) -
     annotation is ever drawn.
     """
     fig = ax.figure
-    fig.tight_layout()
     renderer = fig.canvas.get_renderer()
     px = fig.dpi / 72.0
     pad = 2.0 * px
