@@ -278,3 +278,21 @@ def test_empty_map_without_runs_is_the_published_map():
     assert result["runs"] == [] and all(p["group"] != "your runs" for p in result["average"]["points"])
     assert result["shifts"]["objectnet"]["fit"] is None and len(result["shifts"]["objectnet"]["points"]) == 121
     assert isinstance(RunData, type)
+
+
+def test_report_gets_a_robustness_section_for_an_evaluate_run_with_shifts(tmp_path):
+    from clipcompare.report import build_report, render_html
+    from clipcompare.robustness import summary_table
+
+    run = standard_run(tmp_path / "run")
+    only_imagenet = make_run(tmp_path / "plain", {"imagenet": {SUP: {"top1": 0.7}}})
+    report = build_report([run, only_imagenet])
+    assert [s.kind for s in report.sections] == ["evaluate", "robustness", "evaluate"]
+    section = report.sections[1]
+    table = next(b for b in section.blocks if getattr(b, "role", "") == "robustness")
+    header, rows, _ = summary_table(evaluate([read_run(run)]))
+    assert table.columns == header and [[c.text for c in r] for r in table.rows] == rows
+    figures = [b.title for b in section.blocks if b.kind == "figure"]
+    assert figures[:4] == ["ImageNet-V2", "ImageNet-Sketch", "ImageNet-R", "ImageNet-A"]
+    assert figures[4].startswith("average over")
+    assert 'data-kind="robustness"' in render_html(report)

@@ -14,7 +14,7 @@ from pathlib import Path
 from clipcompare.errors import UserError
 from clipcompare.report.blocks import Report, ReportOptions, Section
 from clipcompare.report.render import render_html, write_html, write_markdown
-from clipcompare.report.sections import evaluate, precision, train
+from clipcompare.report.sections import evaluate, precision, robustness, train
 
 # checked in this order: a train run.json says so; evaluate has run.json + metrics.json + predictions/
 KINDS = {"train": train, "evaluate": evaluate, "precision": precision}
@@ -55,6 +55,12 @@ def build_report(
 ) -> Report:
     """Every run directory in ``paths`` as one section each, in the order given."""
     options = options or ReportOptions()
-    sections = [KINDS[kind].build(path, options) for kind, path in find_runs(paths)]
+    sections = []
+    for kind, path in find_runs(paths):
+        sections.append(KINDS[kind].build(path, options))
+        if kind == "evaluate":  # its models among the published ones, when it holds ImageNet shifts
+            placed = robustness.build(path, options)
+            if placed is not None:
+                sections.append(placed)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Report(title, created, sections)
