@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from clipcompare.cli import main
-from clipcompare.robustness import evaluate, read_run
+from clipcompare.robustness import evaluate, read_run, summary_table
 from clipcompare.robustness.fit import EPSILON_PERCENT, fit_baseline, from_axis, to_axis
 from clipcompare.robustness.reference import DATA_FILE, load_reference, timm_group
 from clipcompare.robustness.runs import RunData
@@ -296,3 +296,20 @@ def test_report_gets_a_robustness_section_for_an_evaluate_run_with_shifts(tmp_pa
     assert figures[:4] == ["ImageNet-V2", "ImageNet-Sketch", "ImageNet-R", "ImageNet-A"]
     assert figures[4].startswith("average over")
     assert 'data-kind="robustness"' in render_html(report)
+
+
+def test_report_of_a_saved_map_shows_its_table_and_plots(tmp_path, capsys):
+    from clipcompare.report import build_report
+
+    run = standard_run(tmp_path / "run")
+    assert main(["robustness", str(run), "--bootstrap", "10", "--out", str(tmp_path / "map")]) == 0
+    capsys.readouterr()
+    (section,) = build_report([tmp_path / "map"]).sections
+    assert section.kind == "robustness" and section.random_weights == [ZS]
+    doc = json.loads((tmp_path / "map" / "robustness.json").read_text())
+    header, rows, _ = summary_table(doc)
+    table = next(b for b in section.blocks if getattr(b, "role", "") == "robustness")
+    assert [[c.text for c in r] for r in table.rows] == rows
+    # the run has no ObjectNet point: only its shifts (and the average) are drawn
+    titles = [b.title for b in section.blocks if b.kind == "figure"]
+    assert titles[:4] == ["ImageNet-V2", "ImageNet-Sketch", "ImageNet-R", "ImageNet-A"] and len(titles) == 5

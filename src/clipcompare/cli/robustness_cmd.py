@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -60,13 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"  {note}")
     if args.out is not None:
-        from clipcompare.fileio import atomic_write_bytes
-        from clipcompare.robustness.plots import map_figures
+        from clipcompare.robustness.plots import write_map
 
-        atomic_write_bytes(args.out / "robustness.json", (json.dumps(result, indent=1) + "\n").encode())
-        written = [args.out / "robustness.json"]
-        for name, png in map_figures(result).items():
-            atomic_write_bytes(args.out / f"{name}.png", png)
-            written.append(args.out / f"{name}.png")
+        written = write_map(result, args.out)
         print(f"wrote {', '.join(map(str, written))}", file=sys.stderr if args.json else sys.stdout)
     return 0

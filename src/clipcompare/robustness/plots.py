@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,3 +182,18 @@ def map_figures(result: dict[str, Any]) -> dict[str, bytes]:
     out["average"] = view_figure(result["average"], transform, title="average over " + ", ".join(
         result["shifts"][k]["label"] for k in result["average"]["shifts"]))
     return out
+
+
+def write_map(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``robustness.json`` and :func:`map_figures` as PNGs into ``out_dir`` (each written atomically)."""
+    import json
+
+    from clipcompare.fileio import atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "robustness.json"]
+    atomic_write_bytes(written[0], (json.dumps(result, indent=1) + "\n").encode())
+    for name, png in map_figures(result).items():
+        atomic_write_bytes(out_dir / f"{name}.png", png)
+        written.append(out_dir / f"{name}.png")
+    return written

@@ -74,8 +74,12 @@ def expand_runs(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def read_run(path: Path) -> RunData:
-    """A finished evaluate run's points; a one-line :class:`UserError` when ``path`` is not one."""
+def read_run(path: Path, as_kinds: dict[str, str] | None = None) -> RunData:
+    """A finished evaluate run's points; a one-line :class:`UserError` when ``path`` is not one.
+
+    ``as_kinds`` maps dataset names to the kind they stand in for (the demo's ``photo`` folder for
+    ``imagenet``, its Canny ``sketch`` renditions for ``imagenet-sketch``); the run's notes say so.
+    """
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such run directory")
@@ -90,10 +94,12 @@ def read_run(path: Path) -> RunData:
     random = [m["name"] for m in info.get("models", []) if not m.get("pretrained", True)]
     datasets: dict[str, Any] = metrics.get("datasets", {})
     by_kind: dict[str, dict[str, Any]] = {}
-    for entry in datasets.values():  # the first dataset of each kind
-        by_kind.setdefault(entry.get("kind"), entry)
+    for name, entry in datasets.items():  # the first dataset of each kind
+        by_kind.setdefault((as_kinds or {}).get(name, entry.get("kind")), entry)
     models = list(dict.fromkeys(m for e in datasets.values() for m in e.get("models", {})))
     run = RunData(path, models, random)
+    run.notes += [f"{path}: its dataset {name!r} stands in for {kind}" for name, kind in (as_kinds or {}).items()
+                  if name in datasets]
     base = by_kind.get("imagenet", {}).get("models", {})
     run.imagenet = {m: 100.0 * v["top1"] for m, v in base.items() if v.get("top1") is not None}
     for shift in SHIFTS:
