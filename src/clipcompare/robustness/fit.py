@@ -33,7 +33,8 @@ def clip_percent(acc: np.ndarray | Sequence[float], eps: float = EPSILON_PERCENT
 
 def to_axis(acc: np.ndarray | Sequence[float], transform: str = "logit") -> np.ndarray:
     """Percent → the fit's axis: logit(p) or Φ⁻¹(p) of the (clipped) fraction."""
-    p = clip_percent(acc)[0] / 100.0
+    # plain np.clip, not clip_percent: matplotlib's scale calls this hundreds of times per figure
+    p = np.clip(np.asarray(acc, dtype=np.float64), EPSILON_PERCENT, 100.0 - EPSILON_PERCENT) / 100.0
     if transform == "logit":
         return np.log(p) - np.log1p(-p)
     if transform == "probit":

@@ -101,7 +101,8 @@ def view_figure(view: dict[str, Any], transform: str = "logit", title: str | Non
     labels += [(p, p["model"], 7) for p in marks]
     place_labels(ax, labels)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    # fastest zlib level: the plots are flat colours, a tenth larger and a third quicker to write
+    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return buf.getvalue()
 
