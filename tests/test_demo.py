@@ -21,7 +21,8 @@ def test_demo_runs_end_to_end_on_photos_and_ends_with_the_report_path(tmp_path, 
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     text = "\n".join(lines)
-    for step in ("Architecture", "Classification", "Evaluation", "Precision", "Report", "RANDOM weights"):
+    for step in ("Architecture", "Classification", "Evaluation", "Precision", "Robustness", "Report",
+                 "RANDOM weights"):
         assert step in text
     report = out / "report.html"
     assert lines[-1] == str(report) and report.is_file()
@@ -51,6 +52,14 @@ def test_demo_runs_end_to_end_on_photos_and_ends_with_the_report_path(tmp_path, 
                 for m in precision["models"] for r in m["results"] for b in r["batches"]]
     assert [(r[0][0], r[1][0], int(r[4][1]), float(r[5][1])) for r in rows] == expected
     assert all(s.startswith("data:image/") for s in page.img_srcs)
+
+    # the published map with the demo's models marked as random: photos as ImageNet, sketches as -Sketch
+    doc = json.loads((out / "robustness" / "robustness.json").read_text())
+    ours = [p for p in doc["shifts"]["imagenet-sketch"]["points"] if p["group"] == "your runs"]
+    sketch = metrics["datasets"]["sketch"]["models"]
+    assert {p["model"]: (p["ood_top1"], p["random_weights"]) for p in ours} == {
+        m: (round(100 * sketch[m]["top1"], 3), True) for m in MODELS}
+    assert [r[0][0] for r in page.tables["robustness"]][:2] == MODELS
 
     # without its precision.png the precision section draws the same plot again
     from clipcompare.report import build_report

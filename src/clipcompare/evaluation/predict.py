@@ -23,6 +23,7 @@ from clipcompare.evaluation.metrics import TOP_K, prob_column, top_column
 from clipcompare.evaluation.options import EvaluateOptions
 from clipcompare.evaluation.pipeline import input_pipeline
 from clipcompare.evaluation.store import RunStore, SkipLog
+from clipcompare.evaluation.subsets import subset_column, subset_positions
 from clipcompare.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ def _predict(
     from tqdm import tqdm
 
     k = min(TOP_K, len(ds.classes))
+    # ImageNet val: each model's argmax over the ImageNet-R / -A classes too (the x-axis of their shifts)
+    subsets = {name: torch.as_tensor(pos, device=device)
+               for name, pos in subset_positions(ds.kind, ds.classes.imagenet_indices).items()}
     writer = ChunkWriter(store, ds, [c.name for c in classifiers], pending, options,
                          rank=dist.rank if dist.distributed else None)
     batches = input_pipeline(ds, pending, classifiers, options, device, formats)
@@ -123,8 +127,10 @@ def _predict(
                 outputs = []
                 for clf, s, fmt in zip(classifiers, batches.slot, formats):
                     x = batch.tensors[s].to(dtype=clf.dtype, memory_format=fmt)
-                    probs = clf.logits(x, ds.classes).float().softmax(dim=-1)
-                    outputs.append(probs.topk(k, dim=-1))
+                    logits = clf.logits(x, ds.classes).float()
+                    restricted = {name: idx[logits.index_select(1, idx).argmax(dim=-1)]
+                                  for name, idx in subsets.items()}
+                    outputs.append((logits.softmax(dim=-1).topk(k, dim=-1), restricted))
                 writer.add(batch, outputs)
             bar.update(len(batch.positions) + len(batch.failures))
             if writer.due():
@@ -172,10 +178,13 @@ class ChunkWriter:
             "target": pa.array(np.array([self.ds.samples[i].target for i in index], dtype=np.int32)),
         }
         for name, outs in zip(self.models, self._outputs):
-            values = torch.cat([o.values for o in outs]).cpu().numpy().astype(np.float32)
-            indices = torch.cat([o.indices for o in outs]).cpu().numpy().astype(np.int32)
+            values = torch.cat([o.values for o, _ in outs]).cpu().numpy().astype(np.float32)
+            indices = torch.cat([o.indices for o, _ in outs]).cpu().numpy().astype(np.int32)
             columns[top_column(name)] = _fixed_lists(indices, pa.int32())
             columns[prob_column(name)] = _fixed_lists(values, pa.float32())
+            for subset in outs[0][1]:
+                argmax = torch.cat([r[subset] for _, r in outs]).cpu().numpy().astype(np.int32)
+                columns[subset_column(name, subset)] = pa.array(argmax, pa.int32())
         return pa.table(columns)
 
 

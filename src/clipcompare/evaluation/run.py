@@ -24,6 +24,7 @@ from clipcompare.evaluation.options import DECODE_PATHS, EvaluateOptions
 from clipcompare.evaluation.pipeline import distinct_transforms, tensor_preprocesses
 from clipcompare.evaluation.predict import run_dataset
 from clipcompare.evaluation.store import RunStore, SkipLog
+from clipcompare.evaluation.subsets import subset_metrics, subset_positions
 from clipcompare.models.classifier import Classifier
 from clipcompare.models.spec import ModelSpec, parse_spec
 from clipcompare.rundir import RunLock, now_iso, versions
@@ -173,6 +174,9 @@ def compute_metrics(
             df = store.read_predictions(ds.name)
             names = [c.name for c in classifiers if top_column(c.name) in df.columns]
             entry.update(dataset_metrics(df, ds.classes.names, ds.classes.imagenet_indices, models=names))
+            positions = subset_positions(ds.kind, ds.classes.imagenet_indices)
+            for model, subsets in subset_metrics(df, names, positions).items():
+                entry["models"][model]["subset_top1"] = subsets
         entry["notes"] = list(notes.get(ds.name, []))
         out["datasets"][ds.name] = entry
         out["skipped_images"] += len(reasons)

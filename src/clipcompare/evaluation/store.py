@@ -132,7 +132,8 @@ def remove_parts(parts: Path) -> None:
 
 
 def _dedupe_in_order(tables: list[pa.Table], ds: ImageDataset) -> pa.Table:
-    table = pa.concat_tables(tables)
+    # parts written before a column existed (a run resumed by a newer version) get nulls there
+    table = pa.concat_tables(tables, promote_options="default")
     order = {s.path: i for i, s in enumerate(ds.samples)}
     first: dict[str, int] = {}  # a path stored twice (never expected) keeps its first row
     for row, path in enumerate(table.column("path").to_pylist()):

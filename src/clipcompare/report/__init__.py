@@ -14,17 +14,17 @@ from pathlib import Path
 from clipcompare.errors import UserError
 from clipcompare.report.blocks import Report, ReportOptions, Section
 from clipcompare.report.render import render_html, write_html, write_markdown
-from clipcompare.report.sections import evaluate, precision, train
+from clipcompare.report.sections import evaluate, precision, robustness, train
 
 # checked in this order: a train run.json says so; evaluate has run.json + metrics.json + predictions/
-KINDS = {"train": train, "evaluate": evaluate, "precision": precision}
+KINDS = {"train": train, "evaluate": evaluate, "precision": precision, "robustness": robustness}
 
 __all__ = ["KINDS", "Report", "ReportOptions", "Section", "build_report", "find_runs", "render_html", "run_kind",
            "write_html", "write_markdown"]
 
 
 def run_kind(path: Path) -> str | None:
-    """``train``, ``evaluate``, ``precision`` or None, by the files in ``path``."""
+    """``train``, ``evaluate``, ``precision``, ``robustness`` or None, by the files in ``path``."""
     return next((kind for kind, module in KINDS.items() if module.is_run(path)), None)
 
 
@@ -46,7 +46,8 @@ def find_runs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
                             "(run the same command again to complete it)")
         else:
             raise UserError(f"{path} is not a run directory: expected the files of evaluate (run.json, metrics.json, "
-                            "predictions/), precision --out (precision.json) or train (run.json of kind train)")
+                            "predictions/), precision --out (precision.json), train (run.json of kind train) or "
+                            "robustness --out (robustness.json)")
     return runs
 
 
@@ -55,6 +56,12 @@ def build_report(
 ) -> Report:
     """Every run directory in ``paths`` as one section each, in the order given."""
     options = options or ReportOptions()
-    sections = [KINDS[kind].build(path, options) for kind, path in find_runs(paths)]
+    sections = []
+    for kind, path in find_runs(paths):
+        sections.append(KINDS[kind].build(path, options))
+        if kind == "evaluate":  # its models among the published ones, when it holds ImageNet shifts
+            placed = robustness.for_evaluate_run(path, options)
+            if placed is not None:
+                sections.append(placed)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Report(title, created, sections)
