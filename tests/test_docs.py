@@ -30,10 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BENCHMARKS = ROOT / "benchmarks"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# Subcommands and pages being written on other branches right now: parse-checked and link-checked
-# as soon as they exist, skipped (with this reason) until then.
-PENDING = {"robustness": "clipcompare robustness is not in this checkout yet"}
-PENDING_PAGES = {"docs/robustness.md"}
 
 
 @dataclass(frozen=True)
@@ -154,27 +150,16 @@ def parse(example: Example) -> argparse.Namespace:
     return args
 
 
-def pending_reason(example: Example) -> str | None:
-    if example.program != "clipcompare" or not example.argv or example.argv[0] not in PENDING:
-        return None
-    if importlib.util.find_spec(f"clipcompare.cli.{example.argv[0]}_cmd") is not None:
-        return None
-    return PENDING[example.argv[0]]
-
-
 def test_the_docs_have_examples_of_every_command():
     from clipcompare.cli import COMMANDS
 
     readme = {e.argv[0] for e in EXAMPLES if e.page == "README.md" and e.program == "clipcompare"}
-    assert set(COMMANDS) | set(PENDING) <= readme
+    assert set(COMMANDS) <= readme
     assert len(EXAMPLES) > 40
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
 def test_example_parses(example: Example):
-    reason = pending_reason(example)
-    if reason:
-        pytest.skip(reason)
     parse(example)
 
 
@@ -271,10 +256,8 @@ def test_links_between_pages_resolve():
                 continue  # http(s), mailto
             file, _, anchor = target.partition("#")
             path = (page.parent / file).resolve() if file else page
-            rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
             if not path.exists():
-                if rel not in PENDING_PAGES:
-                    broken.append(f"{page.name}: {target} (no such file)")
+                broken.append(f"{page.name}: {target} (no such file)")
                 continue
             if anchor:
                 headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)

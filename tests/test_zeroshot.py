@@ -48,7 +48,7 @@ def test_templates(tmp_path):
     f.write_text("# comment\na sketch of a {}.\n\nart of the {}.\n")
     assert load_templates(str(f)) == ["a sketch of a {}.", "art of the {}."]
     f.write_text("no placeholder\n")
-    with pytest.raises(UserError, match=r"each line needs exactly one '\{\}', not 'no placeholder'"):
+    with pytest.raises(UserError, match=r"t\.txt:1: a template needs exactly one '\{\}' .*, not 'no placeholder'$"):
         load_templates(str(f))
     with pytest.raises(UserError, match="--templates: expected 'single', 'openai' or a file, got 'nosuchset'"):
         load_templates("nosuchset")
