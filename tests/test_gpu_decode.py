@@ -13,6 +13,7 @@ import io
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -194,15 +195,20 @@ def test_device_decoding_emits_no_deprecation_warning(tmp_path):
     assert ((batch.tensors[0] - ref) * std).abs().max().item() <= PIXEL_BOUND
 
 
+def _decode_gpu_argv(tmp_path) -> tuple[list[str], Path]:
+    """`evaluate --decode gpu` on CPU over two generated images, and its --out."""
+    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=1)
+    out = tmp_path / "run"
+    return ["evaluate", "-m", CLIP, "-d", f"imagenet={data}", "--out", str(out), "--allow-random", "--templates",
+            "single", "--workers", "0", "--no-progress", "--device", "cpu", "--decode", "gpu"], out
+
+
 def test_decode_gpu_without_a_loadable_torchcodec_is_one_line(tmp_path, capsys, monkeypatch):
     """TorchCodec's wheels are built for one torch/CUDA; a missing or mismatched one is the user's to fix."""
     from clipcompare.cli import main
 
     monkeypatch.setitem(sys.modules, "torchcodec", None)  # `import torchcodec` now raises ImportError
-    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=1)
-    out = tmp_path / "run"
-    argv = ["evaluate", "-m", CLIP, "-d", f"imagenet={data}", "--out", str(out), "--allow-random", "--templates",
-            "single", "--workers", "0", "--no-progress", "--device", "cpu", "--decode", "gpu"]
+    argv, out = _decode_gpu_argv(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "TorchCodec" in err and "--decode cpu" in err
@@ -248,10 +254,7 @@ def test_decode_gpu_refuses_a_model_whose_preprocessing_has_no_tensor_equivalent
         return dataclasses.replace(loaded, preprocess=preprocess)
 
     monkeypatch.setattr("clipcompare.models.classifier.load_model", with_flip)
-    data = make_image_folder(tmp_path / "d", WNIDS[:2], per_class=1)
-    out = tmp_path / "run"
-    argv = ["evaluate", "-m", CLIP, "-d", f"imagenet={data}", "--out", str(out), "--allow-random", "--templates",
-            "single", "--workers", "0", "--no-progress", "--device", "cpu", "--decode", "gpu"]
+    argv, out = _decode_gpu_argv(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "RandomHorizontalFlip" in err and "--decode cpu" in err
