@@ -123,6 +123,9 @@ def test_run_writes_parquet_metrics_and_run_json(tmp_path):
     assert run["status"] == "complete" and run["start_time"] and run["end_time"]
     assert [m["name"] for m in run["models"]] == names and all(len(m["fingerprint"]) == 16 for m in run["models"])
     assert {"torch", "open_clip", "clipcompare"} <= set(run["versions"])
+    from importlib import metadata
+    # the optional libraries are recorded by their installed version (TorchCodec decodes --decode gpu)
+    assert run["versions"]["torchcodec"] == metadata.version("torchcodec")
     assert run["datasets"][0]["kind"] == "imagenet-r"
 
 

@@ -369,6 +369,17 @@ def test_cli_report_on_a_full_disk_is_one_line_and_leaves_no_temp_file(evaluate_
     assert list(out.parent.iterdir()) == []
 
 
+def test_cli_report_into_a_folder_it_cannot_create_is_one_line(evaluate_run, tmp_path, capsys):
+    """--out under a path whose parent is a file: the folder cannot be made; one line, nothing written."""
+    run, _ = evaluate_run
+    (tmp_path / "blocker").write_text("a file where the folder would go")
+    out = tmp_path / "blocker" / "sub" / "report.html"
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"clipcompare: error: cannot create the folder {out.parent}: "
+                                       "Not a directory\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
 def test_cli_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"clipcompare: error: run directory not found: {tmp_path / 'nope'}"

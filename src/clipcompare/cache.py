@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from clipcompare.fileio import atomic_path
+from clipcompare.fileio import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,5 @@ def cached_tensor(
     value = build()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(value.cpu(), tmp)
+        atomic_torch_save(value.cpu(), path)
     return value

@@ -6,6 +6,7 @@ One process at a time writes a run directory (:class:`RunLock`); :func:`now_iso`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -14,6 +15,7 @@ import os
 import socket
 import weakref
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 from clipcompare.errors import UserError
@@ -28,6 +30,11 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# distributions whose version a run records when installed: TorchCodec decodes --decode gpu, timm builds
+# timm: models, transformers hf: models, grad-cam computes explain's maps
+OPTIONAL_LIBRARIES: tuple[str, ...] = ("torchcodec", "timm", "transformers", "grad-cam")
+
+
 def versions() -> dict[str, str]:
     """The library versions a run's numbers depend on, for run.json / retrieval.json."""
     import platform
@@ -40,9 +47,14 @@ def versions() -> dict[str, str]:
 
     from clipcompare import __version__
 
-    return {"clipcompare": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "open_clip": open_clip.__version__, "pillow": PIL.__version__,
-            "numpy": numpy.__version__}
+    found = {"clipcompare": __version__, "python": platform.python_version(), "torch": torch.__version__,
+             "torchvision": torchvision.__version__, "open_clip": open_clip.__version__, "pillow": PIL.__version__,
+             "numpy": numpy.__version__}
+    # libraries that decode or build for some runs only: their installed version, read without importing them
+    for dist in OPTIONAL_LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[dist] = metadata.version(dist)
+    return found
 
 
 class RunLock:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from clipcompare.fileio import atomic_write_bytes
+from clipcompare.fileio import atomic_write_bytes, make_dirs
 from clipcompare.report.blocks import Figure, Gallery, Report, Tile
 
 
@@ -63,7 +63,7 @@ def render_html(report: Report) -> str:
 def write_html(report: Report, path: Path) -> Path:
     """One HTML file, every image embedded; written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     atomic_write_bytes(path, render_html(report).encode("utf-8"))
     return path
 
@@ -72,7 +72,7 @@ def write_markdown(report: Report, path: Path) -> Path:
     """``path`` (report.md) plus its PNG figures and JPEG thumbnails in ``<stem>_files/`` beside it."""
     path = Path(path)
     assets = path.parent / f"{path.stem}_files"
-    assets.mkdir(parents=True, exist_ok=True)
+    make_dirs(assets)
     names: dict[int, str] = {}
     for s, section in enumerate(report.sections, 1):
         for b, block in enumerate(section.blocks, 1):

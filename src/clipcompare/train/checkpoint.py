@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipcompare.fileio import atomic_path
+from clipcompare.fileio import atomic_torch_save
 from clipcompare.models.contrastive import ContrastiveModel, save_record
 
 
@@ -45,6 +45,5 @@ def save_checkpoint(path: Path, model: ContrastiveModel, config: dict[str, Any],
     if training is not None:
         ckpt["training"] = training
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    atomic_torch_save(ckpt, path)
 

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
-from clipcompare.fileio import atomic_write_bytes
+from clipcompare.errors import UserError
+from clipcompare.fileio import append_line, atomic_write_bytes
 from clipcompare.models.contrastive import ContrastiveModel, Normalize
 from clipcompare.retrieval import recalls_of_loaded
 from clipcompare.train.distributed import DistInfo, barrier, mean_over_processes, min_over_processes
@@ -226,21 +227,30 @@ def validation_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    append_line(path, json.dumps(record))
 
 
 def truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
-    """Drop the records a resumed run will write again (written after the checkpoint it resumes from)."""
+    """Drop the records a resumed run will write again (written after the checkpoint it resumes from).
+
+    Lines that are not JSON objects (torn by kill -9, or not ours) are dropped too; a file that is not
+    text at all is a UserError, so ``--resume`` never overwrites what it cannot read."""
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--resume: {path} is not a JSON-lines log (byte {exc.start} is not UTF-8); "
+                        "move it aside to resume") from None
     kept = []
-    for ln in lines:
+    for ln in (ln for ln in text.splitlines() if ln.strip()):
         try:
-            if keep(json.loads(ln)):
-                kept.append(ln)
+            record = json.loads(ln)
         except json.JSONDecodeError:  # a line torn by kill -9
+            continue
+        try:
+            if isinstance(record, dict) and keep(record):
+                kept.append(ln)
+        except (KeyError, TypeError):  # a record without the field (or of another type): not one of ours
             continue
     atomic_write_bytes(path, "".join(k + "\n" for k in kept).encode())

@@ -176,11 +176,13 @@ def setup(config: TrainConfig, dist: D.DistInfo, command: list[str], announce: A
     _announce_model(announce, config, built, counts)
     data = _load_data(built, config, splits, dist)
     info = _run_info(config, dist, command, splits, built, counts, stored)
+    valid = data.train.valid_indices() or list(range(len(splits.train)))
+    run = Setup(config, dist, announce, built, counts, data, valid, info, checkpoint)
+    steps_per_epoch(run)  # refused here, before run.json exists: a run that cannot take a step leaves none behind
     if dist.is_main:
         config.out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(config.out_dir / "run.json", info)
-    valid = data.train.valid_indices() or list(range(len(splits.train)))
-    return Setup(config, dist, announce, built, counts, data, valid, info, checkpoint)
+    return run
 
 
 def check_run_dir(config: TrainConfig, world_size: int = 1) -> dict[str, Any] | None:
