@@ -112,7 +112,7 @@ def read_run(path: Path, as_kinds: dict[str, str] | None = None) -> RunData:
             x, reason = _id_top1(model, shift, base, bool(by_kind.get("imagenet")))
             run.points.append(RunPoint(model, shift, 100.0 * values["top1"], x, str(path), model in random, reason))
     if not run.points and not run.imagenet:
-        raise UserError(f"{path}: the run holds none of imagenet, {', '.join(k for k in SHIFTS if k != 'objectnet')}; "
+        raise UserError(f"{path}: the run holds none of imagenet, {', '.join(SHIFTS)}; "
                         "nothing to place on the robustness map")
     if run.points and not run.imagenet:
         run.notes.append(f"{path}: no imagenet dataset, so its shift points have no ImageNet accuracy (x) and no "
