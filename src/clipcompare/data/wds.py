@@ -187,11 +187,14 @@ def scan_shard(path: Path, small: frozenset[str] = _SMALL) -> list[ShardSample]:
 
     A file that is not a tar, or whose members or end-of-archive marker are cut off, is a UserError.
     """
+    seen = 0
     try:
         size = path.stat().st_size
         with path.open("rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             samples: dict[str, ShardSample] = {}
+            seen = 0
             for member in tar:
+                seen += 1
                 if not member.isfile():
                     continue
                 if member.offset_data + member.size > size:
@@ -208,6 +211,8 @@ def scan_shard(path: Path, small: frozenset[str] = _SMALL) -> list[ShardSample]:
                     sample.small[ext] = data.read() if data is not None else b""
             end = tar.offset
     except tarfile.TarError as exc:
+        if seen:  # tarfile read members, then met a cut-off or damaged one
+            raise UserError(f"webdataset shard {path} is truncated or damaged after {seen} members ({exc})") from None
         raise UserError(f"webdataset shard {path} is not a readable tar file ({exc})") from None
     except OSError as exc:
         raise UserError(f"webdataset: cannot read shard {path}: {exc.strerror or exc}") from None
@@ -312,7 +317,7 @@ def wds_dataset(spec: DatasetSpec, limit_per_class: int | None) -> ImageDataset:
             else:
                 text = s.small["cls"].decode("utf-8", "replace").strip()
                 if not (text.lstrip("-").isdigit() and 0 <= int(text) < n):
-                    bad_labels.append(f"{path}.cls = {text[:20]!r}")
+                    bad_labels.append(f"{path}.cls={text[:20]}")
                     continue
                 target = int(text)
             if image is None:
