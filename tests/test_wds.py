@@ -262,3 +262,31 @@ def test_retrieval_wds_equals_captions_file(exported, tmp_path, capsys):
     err = _one_line_error(["evaluate", "-m", CLIP, "-d", f"wds={tmp_path / 'wds'}", "--out", str(tmp_path / "r"),
                            "--allow-random"], capsys)
     assert "use clipcompare retrieval --wds" in err
+
+
+def test_dataset_argument_split_suffix():
+    assert parse_dataset_arg("wds=/no/such:train").option == "train"
+    assert parse_dataset_arg("wds=/no/such").option is None
+    hf = parse_dataset_arg("wds=hf://datasets/clip-benchmark/wds_vtab-cifar10")
+    assert hf.option is None and str(hf.root) == "hf:/datasets/clip-benchmark/wds_vtab-cifar10"
+    assert parse_dataset_arg("wds=hf://datasets/clip-benchmark/wds_vtab-cifar10:train").option == "train"
+
+
+@pytest.mark.slow  # torchrun: two ranks over gloo
+def test_torchrun_ranks_take_whole_shards_and_equal_one_process(exported, tmp_path):
+    import os
+    import subprocess
+
+    _, wds = exported
+    full = evaluate([CLIP], [f"wds={wds}"], options(tmp_path / "full", batch_size=2))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clipcompare",
+           "evaluate", "-m", CLIP, "-d", f"wds={wds}", "--out", str(out), "--allow-random", "--templates", "single",
+           "--no-progress", "--device", "cpu", "--batch-size", "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, timeout=180, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "predictions" / "wds.parquet"),
+                                  pd.read_parquet(full.out / "predictions" / "wds.parquet"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["world_size"] == 2 and run["throughput"]["wds"]["images"] == 9
