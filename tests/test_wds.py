@@ -290,3 +290,37 @@ def test_torchrun_ranks_take_whole_shards_and_equal_one_process(exported, tmp_pa
                                   pd.read_parquet(full.out / "predictions" / "wds.parquet"))
     run = json.loads((out / "run.json").read_text())
     assert run["options"]["world_size"] == 2 and run["throughput"]["wds"]["images"] == 9
+
+
+def test_clip_benchmark_imagenet_names_map_to_imagenet():
+    """CLIP_benchmark's own ImageNet class names (repeats like 'missile', lemmas like 'crane') map one to one."""
+    from importlib.resources import files
+
+    from clipcompare.data.wds import imagenet_indices_of
+    from clipcompare.imagenet.classes import IMAGENET_R_INDICES
+
+    names = json.loads(files("clip_benchmark.datasets").joinpath("en_classnames.json").read_text())["imagenet1k"]
+    assert imagenet_indices_of(names) == tuple(range(1000))
+    assert imagenet_indices_of([names[i] for i in IMAGENET_R_INDICES]) == tuple(IMAGENET_R_INDICES)
+    assert imagenet_indices_of(["missile", "tench"]) is None  # 'missile' names two ImageNet classes
+    assert imagenet_indices_of(["goldfish", "tench"]) == (1, 0)
+
+
+def test_a_copy_of_imagenet_r_counts_as_imagenet_r_on_the_robustness_map(tmp_path):
+    from clipcompare.imagenet.classes import IMAGENET_R_INDICES, imagenet_classes
+    from clipcompare.robustness.runs import read_run
+
+    classes = imagenet_classes()
+    wds = tmp_path / "wds_imagenet-r"
+    jpg = make_image(tmp_path / "a.jpg").read_bytes()
+    _write_shard(wds / "test" / "0.tar", [("k0.jpg", jpg), ("k0.cls", b"0"), ("k1.jpg", jpg), ("k1.cls", b"1")])
+    (wds / "test" / "nshards.txt").write_text("1\n")
+    (wds / "classnames.txt").write_text("".join(classes[i].clip_name + "\n" for i in IMAGENET_R_INDICES))
+    imagenet = make_image_folder(tmp_path / "in", [classes[i].wnid for i in IMAGENET_R_INDICES[:2]], per_class=1)
+    result = evaluate([CLIP], [f"imagenet={imagenet}", f"wds={wds}"], options(tmp_path / "run"))
+    assert result.metrics["datasets"]["wds"]["stands_for"] == "imagenet-r"
+    [point] = read_run(tmp_path / "run").points
+    assert point.shift == "imagenet-r" and point.id_top1 is not None  # x: the clean 200-class top-1
+    # the same files under another name are a plain wds set
+    (tmp_path / "wds_imagenet-r").rename(tmp_path / "mine")
+    assert build_dataset(parse_dataset_arg(f"wds={tmp_path / 'mine'}")).stands_for is None

@@ -53,6 +53,14 @@ class ImageDataset:
     reader: Any = None
     # pixels cropped from every side after decoding (ObjectNet's 1-pixel frame)
     border: int = 0
+    # the kind this dataset is a copy of (CLIP_benchmark's wds_imagenet-r is imagenet-r), for the
+    # robustness map and the ImageNet-R/-A x-axis; None: its own kind
+    stands_for: str | None = None
+
+    @property
+    def benchmark(self) -> str:
+        """The kind this dataset counts as: ``stands_for``, else ``kind``."""
+        return self.stands_for or self.kind
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -336,22 +336,72 @@ def wds_dataset(spec: DatasetSpec, limit_per_class: int | None) -> ImageDataset:
     notes: tuple[str, ...] = ()
     if not classes.imagenet_scorable:
         notes = ("not all classes are ImageNet classes (classnames.txt does not map one to one to ImageNet)",)
+    shift = stands_for(root, classes)
+    if shift:
+        notes += (f"{set_name(root)} is CLIP_benchmark's copy of {shift}: it counts as {shift} on the robustness map",)
     return ImageDataset(spec.name or spec.kind, spec.kind, root, classes, tuple(samples), notes,
-                        reader=ShardReader(layout.shards, index))
+                        reader=ShardReader(layout.shards, index), stands_for=shift)
 
 
 def _class_set(layout: WdsLayout) -> ClassSet:
     """classnames.txt, with ImageNet indices when they map one to one, and the set's own templates."""
-    names = layout.classnames or ()
+    names = tuple(layout.classnames or ())
     templates = None
     if layout.templates:
         templates = clip_benchmark_templates(layout.templates, layout.root / "zeroshot_classification_templates.txt")
-    mapped = ClassSet.from_labels(names)
-    indices = mapped.imagenet_indices
+    return ClassSet(names, imagenet_indices_of(names), templates=templates)
+
+
+def imagenet_indices_of(names: Sequence[str]) -> tuple[int, ...] | None:
+    """The ImageNet index of each class name, or None when they do not map one to one.
+
+    CLIP_benchmark's ImageNet sets name their classes with CLIP's edited names, in which some names
+    repeat (``missile``, ``sunglasses``) or are ambiguous lemmas (``crane``): the whole list is first
+    matched against the 1000, ImageNet-R's 200 and ImageNet-A's 200 CLIP names in order; otherwise
+    each name must name one ImageNet class (``ClassSet.from_labels``: name, wnid or lemma).
+    """
+    from clipcompare.imagenet.classes import IMAGENET_A_INDICES, IMAGENET_R_INDICES, imagenet_classes
+
+    clip = [c.clip_name.lower() for c in imagenet_classes()]
+    wanted = [n.strip().lower() for n in names]
+    for candidate in (tuple(range(1000)), tuple(IMAGENET_R_INDICES), tuple(IMAGENET_A_INDICES)):
+        if wanted == [clip[i] for i in candidate]:
+            return candidate
+    indices = ClassSet.from_labels(names).imagenet_indices
     if indices is not None and len(set(indices)) != len(indices):
-        indices = None  # two names for one ImageNet class: no one-to-one slice of the logits
-    # keep the set's own names (CLIP_benchmark prompts with them), also where they are wnids-free CLIP names
-    return ClassSet(tuple(names), indices, templates=templates)
+        return None  # two names for one ImageNet class: no one-to-one slice of the logits
+    return indices
+
+
+# CLIP_benchmark's copies of the robustness suite (hub repositories clip-benchmark/wds_…), by the kind
+# they stand for, with the classes they must have
+STANDS_FOR: dict[str, str] = {
+    "wds_imagenet1k": "imagenet", "wds_imagenetv2": "imagenet-v2", "wds_imagenet_sketch": "imagenet-sketch",
+    "wds_imagenet-r": "imagenet-r", "wds_imagenet-a": "imagenet-a", "wds_objectnet": "objectnet",
+}
+
+
+def set_name(root: Path) -> str:
+    """The set's name: its folder, or the repository of a Hugging Face cache snapshot."""
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("datasets--"):
+        return root.parent.parent.name.rsplit("--", 1)[-1]
+    return root.name
+
+
+def stands_for(root: Path, classes: ClassSet) -> str | None:
+    """The dataset kind a CLIP_benchmark copy of ImageNet or a shift is (``wds_imagenet-r`` → ``imagenet-r``),
+    when its name and its classes both say so: the robustness map and ImageNet-R/-A's x-axis use it."""
+    from clipcompare.imagenet.classes import IMAGENET_A_INDICES, IMAGENET_R_INDICES
+
+    kind = STANDS_FOR.get(set_name(root).lower())
+    expected = {"imagenet-r": tuple(IMAGENET_R_INDICES), "imagenet-a": tuple(IMAGENET_A_INDICES)}
+    if kind in ("imagenet", "imagenet-v2", "imagenet-sketch"):
+        return kind if classes.imagenet_indices == tuple(range(1000)) else None
+    if kind in expected:
+        return kind if classes.imagenet_indices == expected[kind] else None
+    if kind == "objectnet":
+        return kind if len(classes) == 113 else None
+    return None
 
 
 @dataclass(frozen=True)

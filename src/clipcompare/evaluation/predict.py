@@ -112,7 +112,7 @@ def _predict(
     k = min(TOP_K, len(ds.classes))
     # ImageNet val: each model's argmax over the ImageNet-R / -A classes too (the x-axis of their shifts)
     subsets = {name: torch.as_tensor(pos, device=device)
-               for name, pos in subset_positions(ds.kind, ds.classes.imagenet_indices).items()}
+               for name, pos in subset_positions(ds.benchmark, ds.classes.imagenet_indices).items()}
     writer = ChunkWriter(store, ds, [c.name for c in classifiers], pending, options,
                          rank=dist.rank if dist.distributed else None)
     batches = input_pipeline(ds, pending, classifiers, options, device, formats)
