@@ -324,3 +324,30 @@ def test_a_copy_of_imagenet_r_counts_as_imagenet_r_on_the_robustness_map(tmp_pat
     # the same files under another name are a plain wds set
     (tmp_path / "wds_imagenet-r").rename(tmp_path / "mine")
     assert build_dataset(parse_dataset_arg(f"wds={tmp_path / 'mine'}")).stands_for is None
+
+
+def test_shards_are_read_alike_by_worker_processes_and_the_gpu_decode_reader(exported):
+    """The reader pickles into DataLoader workers, and ``--decode gpu``'s file reader gets the same bytes."""
+    import pickle
+
+    import torch
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from clipcompare.data.decode import DecodedImages, batch_loader
+    from clipcompare.data.gpu_decode import EncodedImages
+
+    folder, wds = exported
+    ds = build_dataset(parse_dataset_arg(f"wds={wds}"))
+    files = build_dataset(parse_dataset_arg(f"folder={folder}"))
+    paths = [s.path for s in ds.samples]
+    copy = pickle.loads(pickle.dumps(ds.reader))
+    assert [copy.open(p).read() for p in paths] == [ds.reader.open(p).read() for p in paths]
+    inline = list(batch_loader(DecodedImages(ds.root, paths, [pil_to_tensor], ds.reader), 4, workers=0))
+    workers = list(batch_loader(DecodedImages(ds.root, paths, [pil_to_tensor], ds.reader), 4, workers=1))
+    assert [b.positions.tolist() for b in workers] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    for a, b in zip(inline, workers):
+        assert torch.equal(a.tensors[0], b.tensors[0]) and not a.failures and not b.failures
+    enc_w = EncodedImages(ds.root, paths, [], ds.reader)
+    enc_f = EncodedImages(files.root, [s.path for s in files.samples], [])
+    for i in range(len(paths)):
+        assert torch.equal(enc_w[i][1], enc_f[i][1])  # the JPEG bytes the device decoder gets
