@@ -23,7 +23,8 @@ def wnid(index: int) -> str:
 
 
 def test_registry_has_every_kind():
-    assert set(DATASET_KINDS) == {"imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "folder"}
+    assert set(DATASET_KINDS) == {"imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "folder",
+                                  "wds", "objectnet"}
 
 
 def test_imagenet_wnid_folders_keep_full_classset(image_folder):

@@ -50,7 +50,7 @@ def test_templates(tmp_path):
     f.write_text("no placeholder\n")
     with pytest.raises(UserError, match=r"t\.txt:1: a template needs exactly one '\{\}' .*, not 'no placeholder'$"):
         load_templates(str(f))
-    with pytest.raises(UserError, match="--templates: expected 'single', 'openai' or a file, got 'nosuchset'"):
+    with pytest.raises(UserError, match="--templates: expected 'single', 'openai', 'dataset' or a file, got 'nosuchset'"):
         load_templates("nosuchset")
 
 

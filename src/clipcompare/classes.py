@@ -19,10 +19,24 @@ class ClassSet:
 
     names: tuple[str, ...]
     imagenet_indices: tuple[int, ...] | None = None
+    # classes that each stand for several ImageNet classes (ObjectNet's 113): a supervised model
+    # scores a class by its best logit among the group; None when each class is one ImageNet class
+    imagenet_groups: tuple[tuple[int, ...], ...] | None = None
+    # the dataset's own prompt templates (CLIP_benchmark's zeroshot_classification_templates.txt),
+    # used under ``--templates dataset``
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.imagenet_indices is not None and len(self.imagenet_indices) != len(self.names):
             raise ValueError("imagenet_indices must match names one to one")
+        if self.imagenet_groups is not None and (
+                len(self.imagenet_groups) != len(self.names) or not all(self.imagenet_groups)):
+            raise ValueError("imagenet_groups must give each class a non-empty group")
+
+    @property
+    def imagenet_scorable(self) -> bool:
+        """Whether a 1000-way ImageNet classifier can score these classes (by index or by group)."""
+        return self.imagenet_indices is not None or self.imagenet_groups is not None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -59,4 +73,9 @@ class ClassSet:
     def key(self) -> str:
         """Stable identity for caching."""
         blob = "\n".join(self.names) + "|" + ",".join(map(str, self.imagenet_indices or ()))
+        # only when set, so the keys (and resumable run directories) of plain class sets stay as they were
+        if self.imagenet_groups is not None:
+            blob += "|groups:" + ";".join(",".join(map(str, g)) for g in self.imagenet_groups)
+        if self.templates is not None:
+            blob += "|templates:" + "\n".join(self.templates)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

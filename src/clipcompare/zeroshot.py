@@ -27,16 +27,20 @@ SINGLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
 def load_templates(name_or_path: str) -> list[Template]:
-    """``single``, ``openai`` (open_clip's 80 ImageNet templates) or a file with one ``{}`` template per line."""
+    """``single``, ``openai`` (open_clip's 80 ImageNet templates) or a file with one ``{}`` template per line.
+
+    ``dataset`` loads openai's: the classifier uses a dataset's own templates (``ClassSet.templates``) instead
+    wherever it has them.
+    """
     if name_or_path == "single":
         return list(SINGLE_TEMPLATES)
-    if name_or_path == "openai":
+    if name_or_path in ("openai", "dataset"):  # dataset: each dataset's own templates, openai's where it has none
         from open_clip import OPENAI_IMAGENET_TEMPLATES
 
         return list(OPENAI_IMAGENET_TEMPLATES)
     path = Path(name_or_path)
     if not path.is_file():
-        raise UserError(f"--templates: expected 'single', 'openai' or a file, got {name_or_path!r}")
+        raise UserError(f"--templates: expected 'single', 'openai', 'dataset' or a file, got {name_or_path!r}")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     numbered = [(n, ln) for n, ln in enumerate(lines, 1) if ln and not ln.startswith("#")]
     if not numbered:

@@ -15,7 +15,9 @@ DATASET_HELP = (
     "KIND=PATH, repeatable. Kinds: imagenet (val images in wnid folders), imagenet-v2 (folders 0..999), "
     "imagenet-sketch (wnid folders), imagenet-r / imagenet-a (their 200 wnid folders; both models scored on "
     "those 200 classes), folder (any class sub-folders; folder=PATH:MAPFILE renames them with a file of "
-    "'FOLDER<TAB>CLASS' lines or a JSON object; classes may be ImageNet wnids or names)"
+    "'FOLDER<TAB>CLASS' lines or a JSON object; classes may be ImageNet wnids or names), wds (a CLIP_benchmark "
+    "webdataset: a folder with SPLIT/nshards.txt and SPLIT/0.tar …, or hf://datasets/ORG/REPO from the local Hugging "
+    "Face cache; wds=PATH:SPLIT or --split), objectnet (the ObjectNet 1.0 release: its 113 ImageNet-mapped classes)"
 )
 
 
@@ -52,8 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help="decoding processes; 0 decodes in the main process (default: 0 on CPU, where the forward passes use every core; cores - 1, at most 16, on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--templates", default="openai", metavar="single|openai|FILE",
-                   help="CLIP prompt templates (default: openai's 80)")
+    p.add_argument("--templates", default="openai", metavar="single|openai|dataset|FILE",
+                   help="CLIP prompt templates (default: openai's 80; dataset: each wds= set's own "
+                   "zeroshot_classification_templates.txt, openai's where it has none)")
+    p.add_argument("--split", default="test", metavar="NAME",
+                   help="split of the wds= datasets that name none (default: test, as CLIP_benchmark)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for models and inputs (default: on CUDA whichever is faster "
                    "for each model, measured at start-up; contiguous on CPU, where --channels-last is often "
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size, progress=args.progress, command=tuple(["clipcompare", *sys.argv[1:]]),
         decode=args.decode, precision=args.precision,
     )
-    result = evaluate(model_specs(args), args.datasets, options)
+    result = evaluate(model_specs(args), with_split(args.datasets, args.split), options)
     if not result.is_main:  # a torchrun rank other than 0: rank 0 prints the summary
         return 0
     rows = summary_rows(result.metrics)
@@ -96,6 +101,16 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(result.metrics, rows, result.out))
         print(format_setup(setup))
     return 0
+
+
+def with_split(datasets: list[str], split: str) -> list[Any]:
+    """``--dataset`` arguments, a ``wds=`` one without ``:SPLIT`` given ``--split``."""
+    from dataclasses import replace
+
+    from clipcompare.data import parse_dataset_arg
+
+    specs = [parse_dataset_arg(d) for d in datasets]
+    return [replace(s, option=split) if s.kind == "wds" and s.option is None else s for s in specs]
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""``clipcompare retrieval``: image↔text Recall@1/5/10 of CLIP models (or trained checkpoints) on COCO captions."""
+"""``clipcompare retrieval``: image↔text Recall@1/5/10 of CLIP models (or trained checkpoints) on COCO captions,
+a captions file, or a CLIP_benchmark retrieval webdataset (``--wds``)."""
 
 from __future__ import annotations
 
@@ -29,12 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(p, DEFAULT_RETRIEVAL_MODELS)
     p.add_argument("--coco", type=Path, metavar="ROOT",
                    help="COCO 2014 root: annotations/captions_{train,val}2014.json, train2014/, val2014/")
-    p.add_argument("--split", default="seed", metavar="seed|karpathy=FILE",
+    p.add_argument("--split", default=None, metavar="seed|karpathy=FILE|NAME",
                    help="seed: the seeded draw from val2014 (default); karpathy=FILE: dataset_coco.json, "
-                   "evaluated on its 5k test split by default")
+                   "evaluated on its 5k test split by default; with --wds the webdataset's split (default test)")
     p.add_argument("--captions", type=Path, metavar="FILE",
                    help="your own data instead: CSV/TSV with filepath,title columns or JSONL with "
                    "filepath|image and caption|title (paths relative to --coco ROOT, else to the file)")
+    p.add_argument("--wds", metavar="PATH",
+                   help="a CLIP_benchmark retrieval webdataset instead (dataset_type.txt = retrieval; SPLIT/N.tar "
+                   "with images and .txt captions): a folder or hf://datasets/ORG/REPO from the local Hugging Face "
+                   "cache")
     p.add_argument("--on", choices=("val", "test"), default=None,
                    help="which split to evaluate (default: test for karpathy, val otherwise)")
     p.add_argument("--val-size", type=int_at_least(1), metavar="N",
@@ -63,10 +68,20 @@ def run(args: argparse.Namespace) -> int:
     specs = model_specs(args)
     check_retrieval_specs(specs)
     ensure_out_dir(args.out)  # a bad --out fails now, not after the models ran
-    on = args.on or ("test" if args.split.startswith("karpathy") and args.captions is None else "val")
     # data errors come before any model is loaded
-    splits = load_caption_splits(args.coco, split=args.split, val_size=args.val_size, captions_file=args.captions,
-                                 seed=args.seed, which=(on,), short_captions=args.short_captions)
+    if args.wds is not None:
+        from clipcompare.data.coco import load_wds_captions
+        from clipcompare.errors import UserError
+
+        if args.coco is not None or args.captions is not None:
+            raise UserError("--wds reads a webdataset: give it without --coco or --captions")
+        on = "test"
+        splits = load_wds_captions(args.wds, split=args.split or "test", short_captions=args.short_captions)
+    else:
+        split = args.split or "seed"
+        on = args.on or ("test" if split.startswith("karpathy") and args.captions is None else "val")
+        splits = load_caption_splits(args.coco, split=split, val_size=args.val_size, captions_file=args.captions,
+                                     seed=args.seed, which=(on,), short_captions=args.short_captions)
     options = RetrievalOptions(
         batch_size=args.batch_size, device=args.device,
         workers=default_workers(args.device) if args.workers is None else args.workers,

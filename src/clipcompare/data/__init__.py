@@ -1,7 +1,8 @@
 """Datasets named on the command line as ``--dataset KIND=PATH``.
 
 Kinds (see :data:`DATASET_KINDS`): ``imagenet``, ``imagenet-v2``, ``imagenet-sketch``, ``imagenet-r``,
-``imagenet-a`` and ``folder`` (``folder=PATH[:MAPFILE]``). Each scanned :class:`ImageDataset` carries
+``imagenet-a``, ``folder`` (``folder=PATH[:MAPFILE]``), ``wds`` (CLIP_benchmark's webdatasets,
+``wds=PATH[:SPLIT]``, :mod:`clipcompare.data.wds`) and ``objectnet`` (:mod:`clipcompare.data.objectnet`). Each scanned :class:`ImageDataset` carries
 its :class:`~clipcompare.classes.ClassSet` and ``(path, target)`` samples.
 """
 

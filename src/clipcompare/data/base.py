@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from clipcompare.classes import ClassSet
 from clipcompare.errors import UserError
@@ -49,6 +49,18 @@ class ImageDataset:
     classes: ClassSet
     samples: tuple[Sample, ...]
     notes: tuple[str, ...] = field(default=())
+    # samples not stored as files under root (tar shards: a data.wds.ShardReader); None = files
+    reader: Any = None
+    # pixels cropped from every side after decoding (ObjectNet's 1-pixel frame)
+    border: int = 0
+    # the kind this dataset is a copy of (CLIP_benchmark's wds_imagenet-r is imagenet-r), for the
+    # robustness map and the ImageNet-R/-A x-axis; None: its own kind
+    stands_for: str | None = None
+
+    @property
+    def benchmark(self) -> str:
+        """The kind this dataset counts as: ``stands_for``, else ``kind``."""
+        return self.stands_for or self.kind
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -56,7 +68,17 @@ class ImageDataset:
     @property
     def classes_present(self) -> int:
         """How many classes have at least one image (a sample of ImageNet may cover only a few)."""
-        return len({s.target for s in self.samples})
+        return len({s.target for s in self.samples if s.target >= 0})  # -1: a sample with no label
+
+    def rank_share(self, pending: Sequence[int], rank: int, world_size: int) -> list[int]:
+        """The positions of ``pending`` a torchrun rank predicts: every ``world_size``-th image, or
+        for tar shards whole shards (shard ``k`` to rank ``k % world_size``), so each rank reads its
+        own shards front to back."""
+        if world_size <= 1:
+            return list(pending)
+        if self.reader is None:
+            return list(pending[rank::world_size])
+        return [i for i in pending if self.reader.shard_number(self.samples[i].path) % world_size == rank]
 
 
 def is_image_file(name: str) -> bool:

@@ -68,6 +68,7 @@ class CaptionedImages:
     paths: tuple[str, ...]
     captions: tuple[tuple[str, ...], ...]
     image_ids: tuple[str, ...]  # COCO image id as str, or the path for a captions file
+    reader: Any = None  # images in tar shards (a data.wds.ShardReader); None: files under root
 
     def __post_init__(self) -> None:
         if not len(self.paths) == len(self.captions) == len(self.image_ids):
@@ -158,6 +159,30 @@ def load_caption_splits(
             raise UserError("--split karpathy=FILE: name the dataset_coco.json file")
         return _karpathy_split(coco, Path(arg).expanduser(), train_size, val_size, seed, which, short_captions)
     raise UserError(f"--split {split!r}: expected 'seed' or 'karpathy=FILE'")
+
+
+def load_wds_captions(path: str | Path, split: str = "test", short_captions: str = "drop") -> CaptionSplits:
+    """A CLIP_benchmark retrieval webdataset (:mod:`clipcompare.data.wds`) as the ``test`` split, in shard
+    order; each sample's captions (its ``.txt``, one per line) get the 5-caption policy above."""
+    from clipcompare.data.wds import read_wds_captions
+
+    if short_captions not in SHORT_CAPTION_POLICIES:
+        raise UserError(f"short captions policy must be one of {', '.join(SHORT_CAPTION_POLICIES)}, "
+                        f"not {short_captions!r}")
+    wds = read_wds_captions(path, split)
+    entries = [_Entry(k, p, p, list(c)) for k, (p, c) in enumerate(zip(wds.paths, wds.captions))]
+    kept, counts = _apply_policy(entries, short_captions)
+    if not kept:
+        raise UserError(_none_left(f"webdataset {wds.root} split {split!r}", len(entries), counts, short_captions))
+    description = _description("wds", 0, short_captions)
+    description.update(wds=str(wds.root), wds_split=wds.split, draw="every sample, in shard order",
+                       missing_images="samples without an image are skipped and counted at load time")
+    description["splits"]["test"] = {"source": str(wds.root / wds.split), "asked": None, "candidates": len(kept),
+                                     "drawn": len(kept), "got": len(kept), "missing_images": wds.unreadable,
+                                     "missing_examples": [], **counts}
+    images = CaptionedImages("test", wds.root, tuple(e.path for e in kept), tuple(tuple(e.captions) for e in kept),
+                             tuple(e.image_id for e in kept), reader=wds.reader)
+    return CaptionSplits(None, None, description, images)
 
 
 # --------------------------------------------------------------------------- the three sources

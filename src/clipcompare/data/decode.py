@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ Transform = Callable[[Image.Image], torch.Tensor]
 Item = tuple[int, "tuple[torch.Tensor, ...] | None", "str | None"]
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load_rgb(path: "Path | BinaryIO") -> Image.Image:
     """Fully decoded RGB image; raises on any unreadable, truncated or oversized file.
 
     Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` and only warns above it; here the
@@ -62,26 +62,51 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_and_transform(path: Path, transforms: Sequence[Transform]) -> tuple[torch.Tensor, ...]:
-    """What ``--decode cpu`` produces for one image: one PIL decode, every model's transform."""
+class SampleReader(Protocol):
+    """Where a dataset's images are when they are not files under its root (``data.wds``'s tar shards)."""
+
+    def open(self, path: str) -> BinaryIO:
+        """The encoded image of sample ``path``; raises (and so skips the sample) when it cannot be read."""
+        ...
+
+
+def decode_and_transform(path: "Path | BinaryIO", transforms: Sequence[Transform],
+                         border: int = 0) -> tuple[torch.Tensor, ...]:
+    """What ``--decode cpu`` produces for one image: one PIL decode, ``border`` pixels cropped from
+    every side (ObjectNet's frame), every model's transform."""
     img = load_rgb(path)
+    if border:
+        from PIL import ImageOps
+
+        img = ImageOps.crop(img, border)
     return tuple(t(img) for t in transforms)
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Item ``i`` is ``(i, (tensor per transform), None)`` or ``(i, None, reason)``."""
+    """Item ``i`` is ``(i, (tensor per transform), None)`` or ``(i, None, reason)``.
 
-    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Transform]) -> None:
+    Images are files under ``root``, or samples a ``reader`` opens (tar shards); ``border`` pixels
+    are cropped from every side after decoding.
+    """
+
+    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Transform],
+                 reader: SampleReader | None = None, border: int = 0) -> None:
         self.root = Path(root)
         self.paths = list(paths)
         self.transforms = tuple(transforms)
+        self.reader = reader
+        self.border = border
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def source(self, i: int) -> "Path | BinaryIO":
+        """What PIL opens for item ``i``: its file, or its bytes from the reader."""
+        return self.root / self.paths[i] if self.reader is None else self.reader.open(self.paths[i])
+
     def __getitem__(self, i: int) -> Item:
         try:
-            return i, decode_and_transform(self.root / self.paths[i], self.transforms), None
+            return i, decode_and_transform(self.source(i), self.transforms, self.border), None
         except Exception as exc:  # noqa: BLE001 - any failure on one image must not stop the run
             return i, None, f"{type(exc).__name__}: {exc}"
 

@@ -76,13 +76,13 @@ class EncodedImages(DecodedImages):
     """Item ``i``: the file's bytes for the device decoder, or the CPU path's tensors, or an error."""
 
     def __getitem__(self, i: int) -> RawItem:
-        path = self.root / self.paths[i]
         try:
-            data = path.read_bytes()
+            source = self.source(i)
+            data = source.read_bytes() if isinstance(source, Path) else source.read()
             reason = jpeg_route(data)
             if reason is None:
                 return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), None, None, None
-            return i, None, decode_and_transform(path, self.transforms), reason, None
+            return i, None, decode_and_transform(io.BytesIO(data), self.transforms), reason, None
         except Exception as exc:  # noqa: BLE001 - any failure on one image must not stop the run
             return i, None, None, None, f"{type(exc).__name__}: {exc}"
 
@@ -119,8 +119,9 @@ class DeviceDecoder:
     """Turns a :class:`RawBatch` into a :class:`Batch` of preprocessed tensors on ``device``."""
 
     def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Transform],
-                 preprocesses: Sequence[TensorPreprocess], device: torch.device) -> None:
+                 preprocesses: Sequence[TensorPreprocess], device: torch.device, reader: Any = None) -> None:
         self.root, self.paths = Path(root), list(paths)
+        self.reader = reader  # a data.decode.SampleReader when the images are in tar shards
         self.transforms, self.preprocesses, self.device = tuple(transforms), tuple(preprocesses), device
         self.fallbacks: Counter[str] = Counter()  # reason -> images that took the CPU path
         self.decoded = 0  # images decoded on the device
@@ -188,7 +189,8 @@ class DeviceDecoder:
         for slot in slots:
             pos = int(raw.positions[slot])
             try:
-                outs.append(decode_and_transform(self.root / self.paths[pos], self.transforms))
+                source = self.root / self.paths[pos] if self.reader is None else self.reader.open(self.paths[pos])
+                outs.append(decode_and_transform(source, self.transforms))
                 ok.append(slot)
                 self.fallbacks["rejected by the device decoder"] += 1
             except Exception as exc:  # noqa: BLE001 - reported as a skip, like the CPU path

@@ -9,6 +9,8 @@ from pathlib import Path
 from clipcompare.data.base import DatasetSpec, ImageDataset
 from clipcompare.data.folder import class_folder_dataset
 from clipcompare.data.imagenet import index_folders, wnid_folders
+from clipcompare.data.objectnet import objectnet_dataset
+from clipcompare.data.wds import wds_dataset
 from clipcompare.errors import UserError
 from clipcompare.imagenet.classes import IMAGENET_A_INDICES, IMAGENET_R_INDICES
 
@@ -21,14 +23,17 @@ DATASET_KINDS: dict[str, Builder] = {
     "imagenet-r": partial(wnid_folders, indices=IMAGENET_R_INDICES, label="ImageNet-R"),
     "imagenet-a": partial(wnid_folders, indices=IMAGENET_A_INDICES, label="ImageNet-A"),
     "folder": class_folder_dataset,
+    "wds": wds_dataset,
+    "objectnet": objectnet_dataset,
 }
 
-# kinds whose PATH may carry a ':OPTION' suffix
-_KINDS_WITH_OPTION = frozenset({"folder"})
+# kinds whose PATH may carry a ':OPTION' suffix (folder: a mapping file; wds: the split)
+_KINDS_WITH_OPTION = frozenset({"folder", "wds"})
 
 
 def parse_dataset_arg(text: str) -> DatasetSpec:
-    """``KIND=PATH`` (or ``folder=PATH:MAPFILE``) → :class:`DatasetSpec`; unknown kinds are a UserError."""
+    """``KIND=PATH`` (or ``folder=PATH:MAPFILE``, ``wds=PATH:SPLIT``) → :class:`DatasetSpec`; unknown kinds are a
+    UserError."""
     kind, sep, rest = text.partition("=")
     kind = kind.strip()
     if not sep or not rest.strip():
@@ -38,8 +43,9 @@ def parse_dataset_arg(text: str) -> DatasetSpec:
     option = None
     path_text = rest.strip()
     if kind in _KINDS_WITH_OPTION and ":" in path_text and not Path(path_text).expanduser().exists():
-        path_text, _, option = path_text.rpartition(":")
-        option = option or None
+        head, _, tail = path_text.rpartition(":")
+        if kind != "wds" or "/" not in tail:  # hf://datasets/ORG/REPO has a ':' but no split
+            path_text, option = head, tail or None
     return DatasetSpec(kind, Path(path_text).expanduser(), option)
 
 

@@ -34,10 +34,10 @@ def make_loader(
     if options.decode == "gpu":
         from clipcompare.data.gpu_decode import EncodedImages, collate_raw
 
-        return batch_loader(EncodedImages(ds.root, paths, transforms), options.batch_size, workers=options.workers,
-                            device=device, collate_fn=collate_raw)
-    return batch_loader(DecodedImages(ds.root, paths, transforms), options.batch_size, workers=options.workers,
-                        device=device)
+        return batch_loader(EncodedImages(ds.root, paths, transforms, ds.reader), options.batch_size,
+                            workers=options.workers, device=device, collate_fn=collate_raw)
+    return batch_loader(DecodedImages(ds.root, paths, transforms, ds.reader, ds.border), options.batch_size,
+                        workers=options.workers, device=device)
 
 
 def prefetch(batches: Iterable[Any], prepare: Callable[[Any], Batch], device: torch.device) -> Iterator[Batch]:
@@ -130,11 +130,14 @@ def input_pipeline(
             layouts[s] = fmt
         loader = make_loader(ds, pending, per_image, options, device)
         return InputPipeline(loader, _to_device(device, splits, layouts), device, slot)
+    if ds.border:
+        raise UserError(f"--decode gpu does not crop the {ds.border}-pixel border of dataset {ds.name}'s images; "
+                        "use --decode cpu")
     loader = make_loader(ds, pending, transforms, options, device)
     from clipcompare.data.gpu_decode import DeviceDecoder
 
     decoder = DeviceDecoder(ds.root, [ds.samples[i].path for i in pending], transforms,
-                            tensor_preprocesses(transforms, classifiers, slot), device)
+                            tensor_preprocesses(transforms, classifiers, slot), device, ds.reader)
     return InputPipeline(loader, decoder, device, slot, decoder)
 
 

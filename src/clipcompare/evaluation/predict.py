@@ -38,7 +38,7 @@ def run_dataset(
 
     ``throughput[ds.name]`` receives the images, seconds and images/s of the prediction loop (over
     all ranks), and with ``--decode gpu`` how many images took which path. Under torchrun every
-    rank calls this for every dataset (it has barriers); this rank predicts ``pending[rank::N]``
+    rank calls this for every dataset (it has barriers); this rank predicts ``pending[rank::N]`` (whole shards of a tar dataset, ``ImageDataset.rank_share``)
     and rank 0 merges. ``formats``: each model's memory format (default: as ``options`` says).
     """
     dist = dist or DistInfo(device=device)
@@ -63,7 +63,7 @@ def run_dataset(
         log.info("dataset %s: %d of %d images already done, %d to go", ds.name, len(ds) - len(pending), len(ds),
                  len(pending))
     if len(pending):
-        shard = pending[dist.rank :: dist.world_size]
+        shard = np.array(ds.rank_share(pending, dist.rank, dist.world_size), dtype=np.int64)
         # zero-shot heads now, so throughput (and the progress bar) covers images only; rank 0 first,
         # so the others read its cached head instead of all writing the same cache file
         if dist.is_main:
@@ -112,7 +112,7 @@ def _predict(
     k = min(TOP_K, len(ds.classes))
     # ImageNet val: each model's argmax over the ImageNet-R / -A classes too (the x-axis of their shifts)
     subsets = {name: torch.as_tensor(pos, device=device)
-               for name, pos in subset_positions(ds.kind, ds.classes.imagenet_indices).items()}
+               for name, pos in subset_positions(ds.benchmark, ds.classes.imagenet_indices).items()}
     writer = ChunkWriter(store, ds, [c.name for c in classifiers], pending, options,
                          rank=dist.rank if dist.distributed else None)
     batches = input_pipeline(ds, pending, classifiers, options, device, formats)

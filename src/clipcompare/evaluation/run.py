@@ -174,9 +174,11 @@ def compute_metrics(
             df = store.read_predictions(ds.name)
             names = [c.name for c in classifiers if top_column(c.name) in df.columns]
             entry.update(dataset_metrics(df, ds.classes.names, ds.classes.imagenet_indices, models=names))
-            positions = subset_positions(ds.kind, ds.classes.imagenet_indices)
+            positions = subset_positions(ds.benchmark, ds.classes.imagenet_indices)
             for model, subsets in subset_metrics(df, names, positions).items():
                 entry["models"][model]["subset_top1"] = subsets
+        if ds.stands_for:  # only then, so metrics.json of other datasets reads as before
+            entry["stands_for"] = ds.stands_for
         entry["notes"] = list(notes.get(ds.name, []))
         out["datasets"][ds.name] = entry
         out["skipped_images"] += len(reasons)

@@ -76,7 +76,7 @@ class SupervisedClassifier(Classifier):
         return self.model(images)
 
     def supports(self, classes: ClassSet) -> str | None:
-        if classes.imagenet_indices is None:
+        if not classes.imagenet_scorable:
             return f"{self.name} only knows the 1000 ImageNet classes and these labels are not all ImageNet classes"
         return None
 
@@ -86,6 +86,15 @@ class SupervisedClassifier(Classifier):
             raise UserError(reason)
         out = self.model(images)
         key = (classes.key, out.device)
+        if classes.imagenet_groups is not None:
+            # each class scored by its best logit among its group (ObjectNet): gather [B, C, G] and take the max;
+            # groups are padded with their own first index, which cannot change a max
+            if key not in self._index:
+                width = max(len(g) for g in classes.imagenet_groups)
+                self._index[key] = torch.as_tensor([list(g) + [g[0]] * (width - len(g))
+                                                    for g in classes.imagenet_groups], device=out.device)
+            index = self._index[key]
+            return out[:, index].amax(dim=-1)
         if key not in self._index:
             self._index[key] = torch.as_tensor(classes.imagenet_indices, device=out.device)
         return out.index_select(1, self._index[key])
@@ -125,8 +134,11 @@ class ClipClassifier(Classifier):
         from clipcompare.zeroshot import cached_head
 
         if classes.key not in self._heads:
+            templates = self.templates
+            if self.template_set == "dataset" and classes.templates:  # the set's own (CLIP_benchmark's file)
+                templates = list(classes.templates)
             self._heads[classes.key] = cached_head(
-                self.model, self.tokenizer, classes.names, self.templates,
+                self.model, self.tokenizer, classes.names, templates,
                 model_id=self.model_id, cache_dir=self.cache_dir, device=self.device,
             )
         return self._heads[classes.key]

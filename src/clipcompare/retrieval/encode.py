@@ -40,7 +40,7 @@ def encode_images(
 
     device = torch.device(device)
     split = split_preprocess(preprocess)
-    decoded = DecodedImages(images.root, images.paths, [split or preprocess])
+    decoded = DecodedImages(images.root, images.paths, [split or preprocess], images.reader)
     feats: list[torch.Tensor] = []
     kept: list[int] = []
     skipped: list[int] = []

@@ -43,7 +43,7 @@ class Shift:
         return f"{kind}-clean" if self.clean else "imagenet"
 
 
-# by clipcompare's dataset kinds (ObjectNet: the reference rows only; evaluate has no objectnet kind)
+# by clipcompare's dataset kinds (evaluate's objectnet kind: the 113 classes that map to ImageNet)
 SHIFTS: dict[str, Shift] = {
     "imagenet-v2": Shift("ImageNet-V2"),
     "imagenet-sketch": Shift("ImageNet-Sketch"),

@@ -95,7 +95,8 @@ def read_run(path: Path, as_kinds: dict[str, str] | None = None) -> RunData:
     datasets: dict[str, Any] = metrics.get("datasets", {})
     by_kind: dict[str, dict[str, Any]] = {}
     for name, entry in datasets.items():  # the first dataset of each kind
-        by_kind.setdefault((as_kinds or {}).get(name, entry.get("kind")), entry)
+        # a CLIP_benchmark copy (wds_imagenet-r) counts as the kind it stands for
+        by_kind.setdefault((as_kinds or {}).get(name, entry.get("stands_for") or entry.get("kind")), entry)
     models = list(dict.fromkeys(m for e in datasets.values() for m in e.get("models", {})))
     run = RunData(path, models, random)
     run.notes += [f"{path}: its dataset {name!r} stands in for {kind}" for name, kind in (as_kinds or {}).items()
@@ -112,7 +113,7 @@ def read_run(path: Path, as_kinds: dict[str, str] | None = None) -> RunData:
             x, reason = _id_top1(model, shift, base, bool(by_kind.get("imagenet")))
             run.points.append(RunPoint(model, shift, 100.0 * values["top1"], x, str(path), model in random, reason))
     if not run.points and not run.imagenet:
-        raise UserError(f"{path}: the run holds none of imagenet, {', '.join(k for k in SHIFTS if k != 'objectnet')}; "
+        raise UserError(f"{path}: the run holds none of imagenet, {', '.join(SHIFTS)}; "
                         "nothing to place on the robustness map")
     if run.points and not run.imagenet:
         run.notes.append(f"{path}: no imagenet dataset, so its shift points have no ImageNet accuracy (x) and no "
