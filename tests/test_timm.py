@@ -1,0 +1,251 @@
+"""``timm:ARCH[.TAG]``: parity with timm's own eval path, the offline Hugging Face cache, bad input.
+
+The model is ``resnet18.a1_in1k`` (trained at 224, evaluated by timm at 288 with crop_pct 1.0), with
+random weights saved as a real state dict in a fake Hugging Face cache (and as ``=FILE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import huggingface_hub
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from timm.data import create_transform, resolve_model_data_config
+
+from clipcompare.classes import ClassSet
+from clipcompare.cli import main
+from clipcompare.evaluation.metrics import prob_column, top_column
+from clipcompare.models.spec import parse_spec
+from helpers import make_image, make_image_folder
+
+NAME = "resnet18.a1_in1k"
+SPEC = f"timm:{NAME}"
+REPO = f"timm/{NAME}"
+WNIDS = ["n01440764", "n01443537", "n02102040"]
+
+
+def _reference_model() -> torch.nn.Module:
+    """timm's own model with random but well-spread weights (BN scales not zero, so every block counts)."""
+    torch.manual_seed(0)
+    model = timm.create_model(NAME, pretrained=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+        model.fc.weight.mul_(4)  # spread the 1000 logits so the top 5 are well apart
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reference() -> torch.nn.Module:
+    return _reference_model()
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch) -> Path:
+    """An empty ``$HF_HOME`` whose ``hub/`` is the cache huggingface_hub reads; offline."""
+    home = tmp_path / "hf"
+    (home / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    return home
+
+
+def _cache(hub: Path, repo: str, name: str, data: bytes) -> Path:
+    """huggingface_hub's layout: blobs/<sha256>, snapshots/<rev>/<name> → blob, refs/main = rev."""
+    rev = hashlib.sha1(repo.encode()).hexdigest()
+    root = hub / f"models--{repo.replace('/', '--')}"
+    (root / "blobs").mkdir(parents=True)
+    (root / "snapshots" / rev).mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(rev)
+    blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.write_bytes(data)
+    (root / "snapshots" / rev / name).symlink_to(Path("../../blobs") / blob.name)
+    return root / "snapshots" / rev / name
+
+
+def _safetensors(model: torch.nn.Module, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def cached(hf_home, reference, tmp_path) -> Path:
+    """The reference weights as ``model.safetensors`` of ``timm/resnet18.a1_in1k`` in the fake cache."""
+    data = _safetensors(reference, tmp_path / "w" / "model.safetensors").read_bytes()
+    return _cache(hf_home / "hub", REPO, "model.safetensors", data)
+
+
+@pytest.fixture
+def no_http(monkeypatch):
+    """Any attempt of huggingface_hub or timm to fetch fails the test; records whether the hub was
+    offline while the cache was looked up."""
+    seen: list[bool] = []
+    real = huggingface_hub.try_to_load_from_cache
+
+    def lookup(*args, **kwargs):
+        seen.append(huggingface_hub.constants.HF_HUB_OFFLINE)
+        return real(*args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lookup)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(huggingface_hub.file_download, "hf_hub_download", refuse)
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", refuse)
+    monkeypatch.setattr(timm.models, "load_pretrained", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    return seen
+
+
+def _images(folder: Path) -> list[Path]:
+    # sizes on both sides of 288, portrait and landscape: the resize and the crop both matter
+    sizes = [(320, 240), (200, 300), (97, 131), (288, 288)]
+    return [make_image(folder / f"img{k}.png", size=s, seed=k) for k, s in enumerate(sizes)]
+
+
+def _timm_top5(model: torch.nn.Module, paths: list[Path]) -> list[tuple[list[int], list[float]]]:
+    """timm's validate.py path, one image at a time: its data config at the test size, its transform."""
+    config = resolve_model_data_config(model, use_test_size=True)
+    assert config["input_size"] == (3, 288, 288) and config["crop_pct"] == 1.0  # test size != train size
+    transform = create_transform(**config)
+    out = []
+    with torch.no_grad():
+        for p in paths:
+            x = transform(Image.open(p).convert("RGB")).unsqueeze(0)
+            probs, idx = model(x).softmax(-1).topk(5)
+            out.append((idx[0].tolist(), probs[0].tolist()))
+    return out
+
+
+def _classify_json(capsys, paths: list[Path], spec: str) -> dict:
+    capsys.readouterr()
+    assert main(["classify", "--model", spec, "--imagenet", "--top", "5", "--json", *map(str, paths)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _check_classify(doc: dict, paths: list[Path], expected) -> None:
+    names = ClassSet.imagenet().names
+    assert len(doc["results"]) == len(paths)
+    for res, (idx, probs) in zip(doc["results"], expected):
+        (preds,) = res["predictions"].values()
+        assert [p["label"] for p in preds] == [names[i] for i in idx]
+        np.testing.assert_allclose([p["prob"] for p in preds], probs, atol=1e-5, rtol=0)
+
+
+def test_spec_grammar():
+    spec = parse_spec("timm:resnet50.a1_in1k")
+    assert (spec.family, spec.arch, spec.tag, spec.path, spec.name) == ("timm", "resnet50", "a1_in1k", None,
+                                                                        "timm:resnet50.a1_in1k")
+    assert parse_spec("timm:resnet50").name == "timm:resnet50"
+    local = parse_spec("timm:resnet50.a1_in1k=/tmp/w.safetensors")
+    assert local.path == Path("/tmp/w.safetensors") and local.name == "timm:resnet50.a1_in1k=w.safetensors"
+
+
+def test_classify_equals_timm_from_the_hf_cache(cached, no_http, reference, tmp_path, capsys):
+    paths = _images(tmp_path / "imgs")
+    expected = _timm_top5(reference, paths)
+    _check_classify(_classify_json(capsys, paths, SPEC), paths, expected)
+    # no tag: timm's default tag for resnet18 is a1_in1k, the same cached file and transform
+    _check_classify(_classify_json(capsys, paths, "timm:resnet18"), paths, expected)
+    assert no_http and all(no_http)  # the cache was looked up, with huggingface_hub offline
+
+
+def test_classify_equals_timm_from_a_file(hf_home, reference, tmp_path, capsys):
+    paths = _images(tmp_path / "imgs")
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    expected = _timm_top5(reference, paths)
+    _check_classify(_classify_json(capsys, paths, f"{SPEC}={tmp_path / 'r18.pth'}"), paths, expected)
+    st = _safetensors(reference, tmp_path / "r18.safetensors")
+    _check_classify(_classify_json(capsys, paths, f"{SPEC}={st}"), paths, expected)
+
+
+def test_load_records_timm_eval_transform(cached, no_http):
+    from clipcompare.models.loading import load_model
+
+    loaded = load_model(parse_spec(SPEC))
+    b = loaded.build
+    assert loaded.pretrained and loaded.weights_file == str(cached)
+    assert (b.resize, b.crop, b.interpolation, b.resize_mode) == (288, 288, "bicubic", "shortest")
+    assert b.mean == pytest.approx((0.485, 0.456, 0.406)) and b.std == pytest.approx((0.229, 0.224, 0.225))
+    assert "crop_pct 1.0" in b.preprocess_source and "use_test_size=True" in b.preprocess_source
+    # the evaluation's fast path takes exactly these steps from the transform
+    from clipcompare.data.tensor_preprocess import split_preprocess
+
+    split = split_preprocess(loaded.preprocess)
+    assert split is not None
+    img = Image.open(make_image(Path(cached).parents[4] / "x.png", size=(211, 157))).convert("RGB")
+    whole = loaded.preprocess(img)
+    assert torch.equal(split.finish(split(img).unsqueeze(0))[0], whole)
+
+
+def test_evaluate_equals_timm(cached, no_http, reference, tmp_path):
+    data = make_image_folder(tmp_path / "in", WNIDS, per_class=2, size=(150, 110))
+    out = tmp_path / "run"
+    argv = ["evaluate", "-m", SPEC, "-d", f"imagenet={data}", "--out", str(out), "--workers", "0",
+            "--no-progress", "--device", "cpu", "--batch-size", "4"]
+    assert main(argv) == 0
+    df = pd.read_parquet(out / "predictions" / "imagenet.parquet")
+    paths = [data / p for p in df["path"]]
+    expected = _timm_top5(reference, paths)
+    for top, prob, (idx, probs) in zip(df[top_column(SPEC)], df[prob_column(SPEC)], expected):
+        assert list(top) == idx
+        np.testing.assert_allclose(list(prob), probs, atol=1e-5, rtol=0)
+    run = json.loads((out / "run.json").read_text())
+    (model,) = run["models"]
+    assert model["family"] == "timm" and model["build"]["crop"] == 288 and model["build"]["resize"] == 288
+
+
+def test_inspect_counts_exactly(hf_home, capsys):
+    assert main(["inspect", "--model", SPEC, "--json"]) == 0
+    (m,) = json.loads(capsys.readouterr().out)["models"]
+    expected = sum(p.numel() for p in timm.create_model(NAME, pretrained=False).parameters())
+    assert m["params_total"] == m["params_image"] == expected
+    assert [s["name"] for s in m["stages"]][:5] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert sum(s["params"] for s in m["stages"]) == expected
+    assert m["image_size"] == 288  # what timm evaluates it at
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("timm:resnt18", ["unknown timm model 'resnt18'", "closest:", "resnet18"]),
+    ("timm:resnet18.not_a_tag", ["no pretrained tag 'not_a_tag'", "a1_in1k", "tv_in1k"]),
+    (SPEC, ["not found", "model.safetensors", REPO, "--allow-random"]),
+])
+def test_bad_input_is_one_line(spec, words, hf_home, no_http, tmp_path, capsys):
+    img = make_image(tmp_path / "a.png")
+    assert main(["classify", "--model", spec, str(img)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("clipcompare: error:")
+    for w in words:
+        assert w in err
+
+
+def test_garbage_or_mismatched_file_is_one_line(hf_home, tmp_path, capsys):
+    img = make_image(tmp_path / "a.png")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a tensor file at all" * 10)
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
+    for path, words in ((junk, "cannot read weights file"), (other, "does not match")):
+        assert main(["classify", "--model", f"{SPEC}={path}", str(img)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and str(path) in err
+
+
+def test_allow_random_builds_the_architecture(hf_home, no_http, tmp_path, capsys):
+    img = make_image(tmp_path / "a.png")
+    assert main(["classify", "--model", SPEC, "--allow-random", "--json", str(img)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert any("random weights" in n for n in doc["notes"])
