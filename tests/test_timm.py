@@ -22,7 +22,9 @@ from timm.data import create_transform, resolve_model_data_config
 
 from clipcompare.classes import ClassSet
 from clipcompare.cli import main
+from clipcompare.data.synthetic import synthetic_image
 from clipcompare.evaluation.metrics import prob_column, top_column
+from clipcompare.imagenet.classes import IMAGENET_R_INDICES, imagenet_classes
 from clipcompare.models.spec import parse_spec
 from helpers import make_image, make_image_folder
 
@@ -36,12 +38,19 @@ def _reference_model() -> torch.nn.Module:
     """timm's own model with random but well-spread weights (BN scales not zero, so every block counts)."""
     torch.manual_seed(0)
     model = timm.create_model(NAME, pretrained=False)
+    model.eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1 and name.endswith("weight"):
                 p.uniform_(0.5, 1.5)
-        model.fc.weight.mul_(4)  # spread the 1000 logits so the top 5 are well apart
-    return model.eval()
+        # a random net maps every image near one direction: centre the pooled features (on generated
+        # images like the tests') and spread the logits, so that each image gets its own top 5
+        transform = create_transform(**resolve_model_data_config(model, use_test_size=True))
+        x = torch.stack([transform(synthetic_image(np.random.default_rng(k), (160, 120))) for k in range(8)])
+        mean = model.forward_head(model.forward_features(x), pre_logits=True).mean(0)
+        model.fc.weight.mul_(10)
+        model.fc.bias.copy_(-model.fc.weight @ mean)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +209,22 @@ def test_evaluate_equals_timm(cached, no_http, reference, tmp_path):
     df = pd.read_parquet(out / "predictions" / "imagenet.parquet")
     paths = [data / p for p in df["path"]]
     expected = _timm_top5(reference, paths)
+    assert len({tuple(idx) for idx, _ in expected}) == len(paths)  # each image its own top 5
     for top, prob, (idx, probs) in zip(df[top_column(SPEC)], df[prob_column(SPEC)], expected):
         assert list(top) == idx
         np.testing.assert_allclose(list(prob), probs, atol=1e-5, rtol=0)
+    # ImageNet-R: the scores restricted to its 200 classes (softmax over them), indices into them
+    r_data = make_image_folder(tmp_path / "r", [imagenet_classes()[i].wnid for i in IMAGENET_R_INDICES[:2]],
+                               per_class=2, size=(130, 170))
+    assert main([*argv[:4], f"imagenet-r={r_data}", "--out", str(tmp_path / "run-r"), *argv[7:]]) == 0
+    df = pd.read_parquet(tmp_path / "run-r" / "predictions" / "imagenet-r.parquet")
+    with torch.no_grad():
+        for path, top, prob in zip(df["path"], df[top_column(SPEC)], df[prob_column(SPEC)]):
+            x = create_transform(**resolve_model_data_config(reference, use_test_size=True))(
+                Image.open(r_data / path).convert("RGB")).unsqueeze(0)
+            probs, idx = reference(x)[:, list(IMAGENET_R_INDICES)].softmax(-1).topk(5)
+            assert list(top) == idx[0].tolist()
+            np.testing.assert_allclose(list(prob), probs[0].tolist(), atol=1e-5, rtol=0)
     run = json.loads((out / "run.json").read_text())
     (model,) = run["models"]
     assert model["family"] == "timm" and model["build"]["crop"] == 288 and model["build"]["resize"] == 288
@@ -249,3 +271,27 @@ def test_allow_random_builds_the_architecture(hf_home, no_http, tmp_path, capsys
     assert main(["classify", "--model", SPEC, "--allow-random", "--json", str(img)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert any("random weights" in n for n in doc["notes"])
+
+
+def test_train_image_tower_takes_the_pooled_features_and_reloads(hf_home, cached, reference, tmp_path):
+    from clipcompare.models.contrastive import load_trained, save_record
+    from clipcompare.train.config import TrainConfig
+    from clipcompare.train.model import build_model, parameter_counts
+
+    config = TrainConfig(out=str(tmp_path / "run"), image_model=SPEC, text_model="clip:tiny-ViT", image_size=64,
+                         allow_random=True, workers=0)
+    built = build_model(config)
+    model = built.model.eval()
+    assert built.random_weights == ["clip:tiny-ViT"]  # the timm weights came from the cache
+    assert model.architecture.image_arch == "timm:resnet18"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        assert torch.allclose(model.visual.backbone(x), expected, atol=1e-5)
+        assert model.visual.head[0].in_features == 512
+    fc = sum(p.numel() for p in reference.fc.parameters())
+    assert parameter_counts(model)["backbone"] == sum(p.numel() for p in reference.parameters()) - fc
+    torch.save(save_record(model), tmp_path / "ckpt.pt")
+    again = load_trained(tmp_path / "ckpt.pt")
+    with torch.no_grad():
+        assert torch.equal(again.encode_image(x), model.encode_image(x))
