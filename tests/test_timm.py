@@ -295,3 +295,27 @@ def test_train_image_tower_takes_the_pooled_features_and_reloads(hf_home, cached
     again = load_trained(tmp_path / "ckpt.pt")
     with torch.no_grad():
         assert torch.equal(again.encode_image(x), model.encode_image(x))
+
+
+def test_robustness_map_shows_a_timm_run_next_to_its_published_row(tmp_path, capsys):
+    from clipcompare.robustness.reference import load_reference, published_row
+
+    assert published_row(SPEC, 288) == f"{SPEC}@288"  # evaluated at timm's test size: that row
+    assert published_row(SPEC, 224) == published_row(SPEC) == SPEC  # the primary row
+    assert published_row("timm:resnet18", 288) == f"{SPEC}@288"  # no tag: timm's default one
+    assert published_row(f"{SPEC}=w.pth") is None and published_row("resnet50:IMAGENET1K_V1") is None
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "settings": {"datasets": [{"name": "imagenet", "kind": "imagenet"}]}, "status": "complete",
+        "models": [{"name": SPEC, "family": "timm", "pretrained": True, "build": {"crop": 288}}]}))
+    (run / "metrics.json").write_text(json.dumps({"datasets": {
+        "imagenet": {"kind": "imagenet", "models": {SPEC: {"top1": 0.7}}},
+        "imagenet-v2": {"kind": "imagenet-v2", "models": {SPEC: {"top1": 0.6}}}}}))
+    assert main(["robustness", str(run), "--bootstrap", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mine = next(i for i, line in enumerate(lines) if line.startswith(f"{SPEC} "))
+    published = lines[mine + 1].split()
+    assert published[0] == f"{SPEC}@288" and published[1] == "standard"
+    ref = load_reference().set_index("model").loc[f"{SPEC}@288"]
+    assert published[2] == f"{ref['imagenet']:.1f}"
