@@ -319,3 +319,14 @@ def test_robustness_map_shows_a_timm_run_next_to_its_published_row(tmp_path, cap
     assert published[0] == f"{SPEC}@288" and published[1] == "standard"
     ref = load_reference().set_index("model").loc[f"{SPEC}@288"]
     assert published[2] == f"{ref['imagenet']:.1f}"
+
+
+def test_inspect_splits_timm_stages(hf_home, capsys):
+    """timm's ``stages`` (ConvNeXt) one row each; the rows sum to timm's own count."""
+    assert main(["inspect", "--model", "timm:convnext_atto", "--json"]) == 0
+    (m,) = json.loads(capsys.readouterr().out)["models"]
+    model = timm.create_model("convnext_atto", pretrained=False)
+    assert [s["name"] for s in m["stages"]] == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    assert [s["params"] for s in m["stages"][1:5]] == [sum(p.numel() for p in s.parameters()) for s in model.stages]
+    assert sum(s["params"] for s in m["stages"]) == m["params_total"] == sum(p.numel() for p in model.parameters())
+    assert m["stages"][4]["output_shape"] == [1, model.num_features, 9, 9]  # 288 test size / 32
