@@ -330,3 +330,27 @@ def test_inspect_splits_timm_stages(hf_home, capsys):
     assert [s["params"] for s in m["stages"][1:5]] == [sum(p.numel() for p in s.parameters()) for s in model.stages]
     assert sum(s["params"] for s in m["stages"]) == m["params_total"] == sum(p.numel() for p in model.parameters())
     assert m["stages"][4]["output_shape"] == [1, model.num_features, 9, 9]  # 288 test size / 32
+
+
+@pytest.mark.parametrize("name, mode", [("convnext_tiny.in12k_ft_in1k_384", "squash"),
+                                        ("deepseek_vit_412m.deepseek_v4_1_flash", "longest")])
+def test_other_crop_modes_are_recorded_and_reproduced(name, mode, tmp_path):
+    """``squash`` is resized to the square (the fast path takes it, bitwise); ``border`` pads, which the
+    fast path has no step for, so evaluate runs timm's transform itself per image."""
+    from timm.models import get_pretrained_cfg
+
+    from clipcompare.data.tensor_preprocess import split_preprocess
+    from clipcompare.models.timm import eval_transform
+
+    stub = torch.nn.Linear(1, 1)  # the transform depends on the pretrained config alone
+    stub.pretrained_cfg = get_pretrained_cfg(name).to_dict()
+    transform, build = eval_transform(stub, name, parse_spec(f"timm:{name}"))
+    cfg = resolve_model_data_config(stub, use_test_size=True)
+    assert build.resize_mode == mode and build.crop == cfg["input_size"][-1]
+    img = Image.open(make_image(tmp_path / "a.png", size=(301, 187))).convert("RGB")
+    split = split_preprocess(transform)
+    if mode == "squash":
+        assert split is not None and torch.equal(split.finish(split(img).unsqueeze(0))[0], transform(img))
+    else:
+        assert split is None
+    assert torch.equal(transform(img), create_transform(**cfg)(img))
