@@ -202,10 +202,11 @@ def test_load_records_timm_eval_transform(cached, no_http):
 
 def test_evaluate_equals_timm(cached, no_http, reference, tmp_path):
     data = make_image_folder(tmp_path / "in", WNIDS, per_class=2, size=(150, 110))
+    r_data = make_image_folder(tmp_path / "r", [imagenet_classes()[i].wnid for i in IMAGENET_R_INDICES[:2]],
+                               per_class=1, size=(130, 170))
     out = tmp_path / "run"
-    argv = ["evaluate", "-m", SPEC, "-d", f"imagenet={data}", "--out", str(out), "--workers", "0",
-            "--no-progress", "--device", "cpu", "--batch-size", "4"]
-    assert main(argv) == 0
+    assert main(["evaluate", "-m", SPEC, "-d", f"imagenet={data}", "-d", f"imagenet-r={r_data}", "--out", str(out),
+                 "--workers", "0", "--no-progress", "--device", "cpu", "--batch-size", "4"]) == 0
     df = pd.read_parquet(out / "predictions" / "imagenet.parquet")
     paths = [data / p for p in df["path"]]
     expected = _timm_top5(reference, paths)
@@ -214,14 +215,12 @@ def test_evaluate_equals_timm(cached, no_http, reference, tmp_path):
         assert list(top) == idx
         np.testing.assert_allclose(list(prob), probs, atol=1e-5, rtol=0)
     # ImageNet-R: the scores restricted to its 200 classes (softmax over them), indices into them
-    r_data = make_image_folder(tmp_path / "r", [imagenet_classes()[i].wnid for i in IMAGENET_R_INDICES[:2]],
-                               per_class=2, size=(130, 170))
-    assert main([*argv[:4], f"imagenet-r={r_data}", "--out", str(tmp_path / "run-r"), *argv[7:]]) == 0
-    df = pd.read_parquet(tmp_path / "run-r" / "predictions" / "imagenet-r.parquet")
+    df = pd.read_parquet(out / "predictions" / "imagenet-r.parquet")
+    transform = create_transform(**resolve_model_data_config(reference, use_test_size=True))
+    assert len(df) == 2
     with torch.no_grad():
         for path, top, prob in zip(df["path"], df[top_column(SPEC)], df[prob_column(SPEC)]):
-            x = create_transform(**resolve_model_data_config(reference, use_test_size=True))(
-                Image.open(r_data / path).convert("RGB")).unsqueeze(0)
+            x = transform(Image.open(r_data / path).convert("RGB")).unsqueeze(0)
             probs, idx = reference(x)[:, list(IMAGENET_R_INDICES)].softmax(-1).topk(5)
             assert list(top) == idx[0].tolist()
             np.testing.assert_allclose(list(prob), probs[0].tolist(), atol=1e-5, rtol=0)
