@@ -10,12 +10,15 @@ Measured in one run on random weights (CPU unless --device says otherwise):
    ≥ 0.8× the bare bf16 forward; with ``--decode cpu`` (the default) ≥ 0.8× decode-only.
    channels_last is used when it is faster for the bare forward here (measured, printed). Both
    sides use the same two loaded models; the evaluate side is its per-dataset loop (what run.json
-   records as throughput), over interleaved rounds whose medians are compared.
+   records as throughput), over interleaved rounds whose medians are compared. ``--models`` measures
+   other models the same way (a timm or hf: model: ``--models timm:resnet50.a1_in1k``); each model's
+   bare forward gets its own input size (its preprocessing's crop: timm's test size, 288 for that one).
 2. The zero-shot head for 20 classes × 80 templates with the RN50 text tower builds at least 4×
    faster than ``open_clip.build_zero_shot_classifier``, with equal weights (max abs diff ≤ 1e-5).
 
     .venv/bin/python benchmarks/evaluate_speed.py          # exits 1 if a goal is missed
     .venv/bin/python benchmarks/evaluate_speed.py --device cuda --decode gpu --precision bf16 --workers 15
+    .venv/bin/python benchmarks/evaluate_speed.py --models timm:resnet50.a1_in1k --head-classes 0
 """
 
 from __future__ import annotations
@@ -50,11 +53,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def input_size(clf) -> tuple[int, int]:
+    """The (h, w) a model's preprocessing feeds it (its BuildInfo's crop; 224 when it records none)."""
+    build = clf.loaded.build
+    crop = build.crop if build is not None else 224
+    return (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[-1]))
+
+
 def bare_images_per_s(classifiers, classes, n_images: int, batch: int, channels_last: bool,
                       device: torch.device = torch.device("cpu")) -> float:
-    """The two models' forward (logits + softmax + top-5, as evaluate does) on ready-made tensors."""
+    """The models' forward (logits + softmax + top-5, as evaluate does) on ready-made tensors of each
+    model's own input size."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    inputs = [torch.randn(batch, 3, 224, 224, device=device, dtype=clf.dtype).to(memory_format=fmt)
+    inputs = [torch.randn(batch, 3, *input_size(clf), device=device, dtype=clf.dtype).to(memory_format=fmt)
               for clf in classifiers]
     sizes = [batch] * (n_images // batch) + ([n_images % batch] if n_images % batch else [])
     with torch.inference_mode():
@@ -121,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--decode", choices=("cpu", "gpu"), default="cpu", help="evaluate's decode path (default cpu)")
     ap.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or fp16")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), metavar="SPEC",
+                    help=f"the models evaluated together (default: {' '.join(MODELS)})")
     ap.add_argument("--head-classes", type=int, default=20, help="0 skips the zero-shot head comparison")
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved bare/evaluate rounds; the medians are compared (default 3)")
@@ -143,7 +156,7 @@ def main() -> int:
         options = EvaluateOptions(out=Path(tmp), batch_size=args.batch_size, workers=args.workers, device=str(device),
                                   allow_random=True, templates="single", progress=False, cache_dir=Path(tmp) / "cache",
                                   decode=args.decode, precision=args.precision)
-        classifiers = load_classifiers([parse_spec(m) for m in MODELS], options, device)
+        classifiers = load_classifiers([parse_spec(m) for m in args.models], options, device)
         (ds,) = load_datasets([f"imagenet={root}"])
         classes = ds.classes
         for clf in classifiers:
@@ -179,7 +192,7 @@ def main() -> int:
         t_ref, t_ours, speedup, diff = head_speedup(args.head_classes)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {threads} threads"
-    print(f"{where}, {args.precision}, batch {args.batch_size}, {n} JPEGs 500x375, models: {', '.join(MODELS)}, "
+    print(f"{where}, {args.precision}, batch {args.batch_size}, {n} JPEGs 500x375, models: {', '.join(args.models)}, "
           f"decode {args.decode}, workers {args.workers}")
     print(f"  allocator: {allocator}")
     print(f"  bare forward, contiguous      : {rates[False]:8.2f} img/s")

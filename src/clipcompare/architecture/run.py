@@ -61,8 +61,11 @@ class InspectReport:
 
 
 def _native_image_size(loaded: LoadedModel) -> int:
-    """The input size the tower was built for: CLIP's ``visual.image_size``, else 224."""
+    """The input size the tower was built for: CLIP's ``visual.image_size``; a timm model's evaluation crop
+    (its test size); else 224."""
     size = getattr(image_tower(loaded.model), "image_size", None)
+    if size is None and loaded.spec.family == "timm" and loaded.build is not None:
+        size = loaded.build.crop
     return as_int(size) if size is not None else 224
 
 

@@ -33,7 +33,9 @@ def stage_groups(tower: nn.Module) -> list[tuple[str, list[str]]]:
 
     ResNet-style (``layer1``.. children): children before ``layer1`` = stem, one stage per
     ``layerN``, children after the last = head. ViT-style (a ``transformer`` child): patch embed /
-    transformer / head. Otherwise one stage per child.
+    transformer / head. timm's layouts: a ``stages`` child (ConvNeXt, RegNet, ...) gives one stage
+    per ``stages.N``, a ``blocks`` child (ViT, DeiT, EVA) patch embed / blocks / head. Otherwise one
+    stage per child.
     """
     names = [name for name, _ in tower.named_children()]
     layers = layer_names(tower)
@@ -43,6 +45,14 @@ def stage_groups(tower: nn.Module) -> list[tuple[str, list[str]]]:
     if "transformer" in names:
         i = names.index("transformer")
         return [("patch embed", names[:i]), ("transformer", ["transformer"]), ("head", names[i + 1:])]
+    stages = getattr(tower, "stages", None)
+    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages):
+        i = names.index("stages")
+        return [("stem", names[:i]), *[(f"stage{k + 1}", [f"stages.{k}"]) for k in range(len(stages))],
+                ("head", names[i + 1:])]
+    if isinstance(getattr(tower, "blocks", None), (nn.Sequential, nn.ModuleList)):
+        i = names.index("blocks")
+        return [("patch embed", names[:i]), ("blocks", ["blocks"]), ("head", names[i + 1:])]
     return [(n, [n]) for n in names]
 
 
@@ -64,7 +74,7 @@ def measure_stages(tower: nn.Module, image_size: int = 224) -> tuple[list[Stage]
     always sum to the tower's totals. Returns ``(stages, total_flops)``.
     """
     groups = stage_groups(tower)
-    children = dict(tower.named_children())
+    children = {name: tower.get_submodule(name) for _, names in groups for name in names}  # stages.N: dotted
     flops: dict[str, int] = {name: 0 for name, _ in groups}
     last_output: dict[str, list[int]] = {}  # a stage's output is that of its last child to run
     counter = FlopCounterMode(display=False)

@@ -76,6 +76,9 @@ class SupervisedClassifier(Classifier):
         return self.model(images)
 
     def supports(self, classes: ClassSet) -> str | None:
+        outputs = getattr(self.model, "num_classes", 1000)  # timm models say how many logits they have
+        if outputs != 1000:
+            return f"{self.name} has {outputs} outputs, not the 1000 ImageNet classes its logits are read as"
         if not classes.imagenet_scorable:
             return f"{self.name} only knows the 1000 ImageNet classes and these labels are not all ImageNet classes"
         return None

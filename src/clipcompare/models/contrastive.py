@@ -87,7 +87,7 @@ class Preprocess:
 class Architecture:
     """What builds a trained model besides its weights; stored in its checkpoints."""
 
-    image_arch: str  # the torchvision classifier the image tower's backbone is built from (resnet50)
+    image_arch: str  # the classifier the image tower's backbone is built from: torchvision (resnet50) or timm:ARCH
     text_model: str  # the clip: spec of the frozen text tower: its open_clip config and tokenizer
     quick_gelu: bool  # the text tower's activation (QuickGELU has no weights to tell it by)
     embed_dim: int  # the shared embedding width (the text tower's)
@@ -126,7 +126,11 @@ class ImageTower(nn.Module):
 
 def strip_classifier(model: nn.Module) -> int:
     """Replace a torchvision classifier's last Linear layer (fc, classifier[-1], heads.head...) by
-    Identity; return its input width, the backbone's feature size."""
+    Identity; return its input width, the backbone's feature size. A timm model drops its classifier
+    itself (``reset_classifier(0)``) and then returns its pooled pre-logit features."""
+    if hasattr(model, "reset_classifier") and hasattr(model, "pretrained_cfg"):
+        model.reset_classifier(0)
+        return int(getattr(model, "head_hidden_size", None) or model.num_features)
     last: tuple[str, nn.Linear] | None = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -227,7 +231,12 @@ def build_untrained(architecture: Architecture) -> ContrastiveModel:
 
     register_tiny_configs()
     name = text_model_config(architecture.text_model)
-    backbone = models.get_model(architecture.image_arch, weights=None)
+    if architecture.image_arch.startswith("timm:"):
+        import timm
+
+        backbone = timm.create_model(architecture.image_arch.removeprefix("timm:"), pretrained=False)
+    else:
+        backbone = models.get_model(architecture.image_arch, weights=None)
     with hf_hub_offline(), quiet_random_init():
         clip = open_clip.create_model(name, force_quick_gelu=architecture.quick_gelu, load_weights=False)
         tokenizer = open_clip.get_tokenizer(name)

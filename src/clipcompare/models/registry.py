@@ -14,6 +14,7 @@ from clipcompare.models.clip import load_clip
 from clipcompare.models.clip_hub import load_clip_hub
 from clipcompare.models.contrastive import load_trained_checkpoint
 from clipcompare.models.spec import ModelSpec
+from clipcompare.models.timm import load_timm
 from clipcompare.models.torchvision import load_torchvision
 
 Loader = Callable[..., LoadedModel]  # (spec, *, allow_random: bool) -> LoadedModel
@@ -24,6 +25,7 @@ LOADERS: dict[str, Loader] = {
     "clip:hf-hub": load_clip_hub,
     "clip:local-dir": load_clip_hub,
     "trained": load_trained_checkpoint,
+    "timm": load_timm,
 }
 
 

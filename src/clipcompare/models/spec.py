@@ -21,6 +21,8 @@ Grammar::
                                   holds open_clip_config.json and open_clip_model.safetensors (or
                                   open_clip_pytorch_model.bin)
     trained=/path/run/checkpoints/best.pt   a ``clipcompare train`` checkpoint (CLIP-like: zero-shot)
+    timm:resnet50.a1_in1k         a timm classifier with that pretrained tag (no tag: timm's default)
+    timm:resnet50.a1_in1k=/path   a local timm state dict (.pth/.safetensors) of that model
 
 The two open_clip forms carry their own config, preprocessing and weights, so ``@TAG`` and
 ``=FILE`` are refused with them. ``arch`` holds the name open_clip is given (``hf-hub:ORG/REPO``,
@@ -36,7 +38,7 @@ from typing import Literal
 
 from clipcompare.errors import UserError
 
-Family = Literal["torchvision", "clip", "trained"]
+Family = Literal["torchvision", "clip", "trained", "timm"]
 
 DEFAULT_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
 # the comparison this tool is about: every command defaults to it
@@ -81,6 +83,8 @@ class ModelSpec:
             base = f"clip:local-dir:{Path(self.source).name or self.source}"
         elif self.family == "clip":
             base = f"clip:{self.arch}" + (f"@{self.tag}" if self.tag else "")
+        elif self.family == "timm":
+            base = f"timm:{self.arch}" + (f".{self.tag}" if self.tag else "")
         else:
             base = f"{self.arch}:{self.tag}" if self.tag else self.arch
         return f"{base}={self.path.name}" if self.path is not None else base
@@ -119,6 +123,8 @@ def parse_spec(text: str) -> ModelSpec:
         # a tag with a file says whose weights the file holds (activation, preprocessing); no tag:
         # the loader picks DEFAULT_CLIP_TAG when the model has it, else its first tag
         return ModelSpec("clip", arch, tag=tag or None, path=path)
+    if raw.startswith("timm:"):
+        return _timm_spec(text, raw[len("timm:"):], path)
     arch, _, tag = raw.partition(":")
     _check_name(arch, text)
     if tag:
@@ -151,6 +157,19 @@ def _schema_spec(text: str, schema: str, ident: str) -> ModelSpec:
     except ValueError as exc:
         raise UserError(f"{bad} ({str(exc).splitlines()[0]})") from None
     return ModelSpec("clip", f"hf-hub:{ident}")
+
+
+def _timm_spec(text: str, body: str, path: Path | None) -> ModelSpec:
+    """``timm:ARCH[.TAG][=FILE]``, timm's own ``architecture.tag`` name (the tag is checked when loading)."""
+    arch, _, tag = body.partition(".")
+    if not arch:
+        raise UserError(f"model spec {text!r}: missing architecture after 'timm:' (e.g. timm:resnet50.a1_in1k)")
+    _check_name(arch, text)
+    if "/" in arch:
+        raise UserError(f"model spec {text!r}: {arch!r} is not a timm model name (e.g. timm:resnet50.a1_in1k)")
+    if tag:
+        _check_name(tag, text)
+    return ModelSpec("timm", arch, tag=tag or None, path=path)
 
 
 def _check_name(name: str, text: str) -> None:

@@ -55,7 +55,7 @@ def evaluate(runs: Sequence[RunData] = (), transform: str = "logit", bootstrap: 
                                     notes)
     out["average"] = _average(table, runs, transform, bootstrap, seed)
     out["runs"] = [{"path": str(r.path), "models": r.models, "random_weights": r.random_weights,
-                    "imagenet_top1": r.imagenet, "notes": r.notes} for r in runs]
+                    "imagenet_top1": r.imagenet, "notes": r.notes, "published": r.published} for r in runs]
     out["sources"] = SOURCES
     return out
 

@@ -76,6 +76,32 @@ def timm_group(model: str) -> str:
     return "standard"
 
 
+def published_row(model: str, img_size: int | None = None) -> str | None:
+    """The reference row of a user's model, when it is one the table has: ``timm:ARCH.TAG`` (no tag: timm's
+    default one) is the row ``timm:ARCH.TAG@SIZE`` for the size it was evaluated at (``img_size``, timm's
+    test size by default), else the weight's primary row. None for a local file or a model not in the table."""
+    if not model.startswith("timm:") or "=" in model:
+        return None
+    name = model
+    if "." not in model:  # the tag timm defaults to, as the loader picks it
+        from timm.models import get_arch_pretrained_cfgs
+
+        try:
+            tags = list(get_arch_pretrained_cfgs(model.removeprefix("timm:")))
+        except Exception:  # noqa: BLE001 - an arch timm does not know has no row
+            return None
+        if not tags:
+            return None
+        name = f"timm:{tags[0]}"
+    table = load_reference()
+    rows = table[(table["model"] == name) | table["model"].str.startswith(f"{name}@")]
+    if rows.empty:
+        return None
+    sized = rows[rows["img_size"] == img_size] if img_size is not None else rows.iloc[0:0]
+    return str((sized if not sized.empty else rows[rows["primary"]] if rows["primary"].any() else rows)
+               .iloc[0]["model"])
+
+
 @lru_cache(maxsize=1)
 def load_reference() -> pd.DataFrame:
     """The shipped table: ``model`` (spec), ``source`` (timm / open_clip), ``group``, ``img_size``,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcompare.errors import UserError
-from clipcompare.robustness.reference import SHIFTS
+from clipcompare.robustness.reference import SHIFTS, published_row
 
 
 @dataclass
@@ -41,6 +41,7 @@ class RunData:
     imagenet: dict[str, float] = field(default_factory=dict)  # model -> ImageNet top-1 (percent)
     points: list[RunPoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    published: dict[str, str] = field(default_factory=dict)  # model -> its reference row (timm:X at its size)
 
 
 def _read_json(path: Path) -> Any:
@@ -99,6 +100,12 @@ def read_run(path: Path, as_kinds: dict[str, str] | None = None) -> RunData:
         by_kind.setdefault((as_kinds or {}).get(name, entry.get("stands_for") or entry.get("kind")), entry)
     models = list(dict.fromkeys(m for e in datasets.values() for m in e.get("models", {})))
     run = RunData(path, models, random)
+    crops = {m.get("name"): (m.get("build") or {}).get("crop") for m in info.get("models", []) if isinstance(m, dict)}
+    for model in models:
+        crop = crops.get(model)
+        row = published_row(model, crop if isinstance(crop, int) else None)
+        if row is not None:
+            run.published[model] = row
     run.notes += [f"{path}: its dataset {name!r} stands in for {kind}" for name, kind in (as_kinds or {}).items()
                   if name in datasets]
     base = by_kind.get("imagenet", {}).get("models", {})

@@ -14,8 +14,15 @@ DASH = "–"
 
 
 def key_rows(result: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """(model, run) of the rows to show: every user model, the landmarks, the best standard and zero-shot."""
-    rows: list[tuple[str, str | None]] = [(m, r["path"]) for r in result["runs"] for m in r["models"]]
+    """(model, run) of the rows to show: every user model (each followed by its published row, ``timm:X``
+    after a run of ``timm:X``), the landmarks, the best standard and zero-shot."""
+    rows: list[tuple[str, str | None]] = []
+    for r in result["runs"]:
+        for m in r["models"]:
+            rows.append((m, r["path"]))
+            published = r.get("published", {}).get(m)
+            if published is not None and (published, None) not in rows:
+                rows.append((published, None))
     table = load_reference()
     best = []
     for group in ("standard", "zero-shot"):

@@ -32,8 +32,9 @@ def build_model(config: TrainConfig, *, keep_clip_visual: bool = False) -> Built
     """Image tower from ``config.image_model`` + text tower of ``config.text_model`` (weights loaded
     when available; random only with ``allow_random``)."""
     image_spec, text_spec = parse_spec(config.image_model), parse_spec(config.text_model)
-    if image_spec.family != "torchvision":
-        raise UserError(f"--image-model must be a torchvision classifier (e.g. resnet50:IMAGENET1K_V2), not {image_spec}")
+    if image_spec.family not in ("torchvision", "timm"):
+        raise UserError(f"--image-model must be a torchvision or timm classifier (e.g. resnet50:IMAGENET1K_V2, "
+                        f"timm:resnet50.a1_in1k), not {image_spec}")
     if text_spec.family != "clip":
         raise UserError(f"--text-model must be an open_clip model (e.g. clip:ViT-B-32), not {text_spec}")
     image_loaded = load_model(image_spec, allow_random=config.allow_random)
@@ -60,13 +61,20 @@ def architecture_for(config: TrainConfig, clip: nn.Module, tokenizer: Any) -> Ar
         raise UserError(f"--embed-dim {config.embed_dim} does not match the text tower's width {width} "
                         f"({config.text_model})")
     return Architecture(
-        image_arch=parse_spec(config.image_model).arch,
+        image_arch=image_arch(config.image_model),
         text_model=config.text_model,
         quick_gelu=any(isinstance(m, QuickGELU) for m in clip.modules()),
         embed_dim=width,
         image_size=config.image_size,
         learn_temperature=not config.fixed_temperature,
     )
+
+
+def image_arch(image_model: str) -> str:
+    """What a checkpoint records of the image model: the torchvision builder (``resnet50``) or the timm
+    architecture (``timm:resnet50``); the tag only chose the starting weights, which the checkpoint holds."""
+    spec = parse_spec(image_model)
+    return f"timm:{spec.arch}" if spec.family == "timm" else spec.arch
 
 
 def parameter_counts(model: ContrastiveModel) -> dict[str, int]:
