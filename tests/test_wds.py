@@ -8,7 +8,6 @@ import io
 import json
 import sys
 import tarfile
-import types
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,7 @@ TEMPLATES = ["a photo of a {c}.", "itap of a {c}."]
 
 
 def _exporter():
-    """CLIP_benchmark's exporter module. Its package imports ``requests`` (for ImageNet-V2 downloads, never
-    used here), which this environment lacks: a stand-in module lets the exporter import."""
-    sys.modules.setdefault("requests", types.ModuleType("requests"))
+    """CLIP_benchmark's exporter module (the one ``clip_benchmark_export_wds`` runs)."""
     from clip_benchmark import webdataset_builder
 
     return webdataset_builder
