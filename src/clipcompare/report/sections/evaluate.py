@@ -8,7 +8,6 @@ classes each wins by most and galleries of images only one of them gets right.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from clipcompare.evaluation.galleries import pick_gallery
 from clipcompare.evaluation.metrics import (
     expected_calibration_error,
     prob_column,
@@ -216,21 +216,6 @@ def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFr
                 else f"all {len(only):,} images" if len(only) else "")
         blocks.append(Gallery(f"only {m} right", tiles, role=f"only:{m}", note=note))
     return blocks
-
-
-def pick_gallery(candidates: np.ndarray, targets: np.ndarray, per_class: int, total: int, seed: int) -> np.ndarray:
-    """A seeded choice of at most ``per_class`` rows per true class and ``total`` in all, in dataset order."""
-    order = np.random.default_rng(seed).permutation(np.asarray(candidates, dtype=np.int64))
-    taken: Counter[int] = Counter()
-    chosen: list[int] = []
-    for i in order:
-        if len(chosen) >= total:
-            break
-        t = int(targets[i])
-        if taken[t] < per_class:
-            taken[t] += 1
-            chosen.append(int(i))
-    return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
 def _tile(df: pd.DataFrame, i: int, names: Sequence[str], targets: np.ndarray, tops: dict[str, np.ndarray],
