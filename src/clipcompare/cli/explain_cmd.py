@@ -157,7 +157,10 @@ def _explain_run(args: argparse.Namespace) -> dict:
     if args.models:
         specs, allow_random = model_specs(args), args.allow_random
     else:  # the run's own models, random where the run's were (seeded: the same weights)
-        specs = [parse_spec(_spec_text(m)) for m in run.get("settings", {}).get("models", [])]
+        stored = run.get("settings", {}).get("models") or [m["name"] for m in run.get("models", [])]
+        specs = [parse_spec(_spec_text(m)) for m in stored]
+        if not specs:
+            raise UserError(f"--run {run_dir}: its run.json names no models; name them with -m")
         allow_random = args.allow_random or any(not m.get("pretrained", True) for m in run.get("models", []))
     templates = args.templates or run.get("options", {}).get("templates") or "openai"
     notes: list[str] = []
@@ -189,6 +192,8 @@ def _explain_run(args: argparse.Namespace) -> dict:
                                             extra={"run": str(run_dir), "dataset": gallery.name})
     if args.boxes is not None and not any(r.get("pointing") for r in results.values()):
         raise UserError(f"--boxes {args.boxes} has no box for any gallery image of {run_dir}")
+    if not results:
+        notes.append(f"the galleries of {run_dir} hold no image (none that only one model gets right): nothing to explain")
     if skipped:
         notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
                      f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
@@ -219,16 +224,18 @@ def format_result(result: dict) -> list[str]:
     lines = []
     layers = ", ".join(f"{m['name']}: {m['layer']['name']}" for m in result["models"])
     lines.append(f"method {result['method']}, map of the {result['target']} class; layers: {layers}")
+    boxed = bool(result.get("pointing"))
     rows = []
     for image in result["images"]:
         for model, rec in image["models"].items():
-            hit = rec.get("pointing_hit")
-            rows.append([Path(image["path"]).name, model, rec["top1"], f"{rec['top1_probability']:.1%}", rec["class"],
-                         f"({rec['peak'][0]}, {rec['peak'][1]})",
-                         "-" if hit is None else "yes" if hit else "no",
-                         "-" if rec.get("energy_in_boxes") is None else f"{rec['energy_in_boxes']:.1%}"])
-    header = ["image", "model", "top-1", "prob", "map of", "peak (x, y)", "in box", "energy in box"]
-    lines += format_table(header, rows, [False, False, False, True, False, False, False, True], rule=True)
+            row = [Path(image["path"]).name, model, rec["top1"], f"{rec['top1_probability']:.1%}", rec["class"],
+                   f"({rec['peak'][0]}, {rec['peak'][1]})"]
+            if boxed:
+                hit, energy = rec.get("pointing_hit"), rec.get("energy_in_boxes")
+                row += ["-" if hit is None else "yes" if hit else "no", "-" if energy is None else f"{energy:.1%}"]
+            rows.append(row)
+    header = ["image", "model", "top-1", "prob", "map of", "peak (x, y)"] + (["in box", "energy in box"] if boxed else [])
+    lines += format_table(header, rows, [False, False, False, True, False, False, False, True][:len(header)], rule=True)
     if result.get("pointing"):
         lines.append(f"pointing game ({result['tolerance_px']:.0f}-px tolerance) and energy inside the boxes:")
         rows = [[model, str(s["images"]), str(s["hits"]), "-" if s["accuracy"] is None else f"{s['accuracy']:.1%}",

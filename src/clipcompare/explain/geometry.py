@@ -79,7 +79,13 @@ class CropGeometry:
         """A plain resize to the input size (no crop)."""
         return cls(height, width, input_height, input_width, 0, 0, input_height, input_width)
 
-    def to_dict(self) -> dict[str, int]:
+    @classmethod
+    def from_dict(cls, width: int, height: int, data: dict) -> CropGeometry:
+        """Back from :meth:`to_dict` (as explain.json stores it) and the image's size."""
+        (rw, rh), (x0, y0, x1, y1) = data["resized"], data["crop_box"]
+        return cls(height, width, rh, rw, y0, x0, y1 - y0, x1 - x0)
+
+    def to_dict(self) -> dict[str, list[int]]:
         return {"resized": [self.resized_width, self.resized_height],
                 "crop_box": [self.left, self.top, self.left + self.crop_width, self.top + self.crop_height]}
 
