@@ -138,74 +138,19 @@ def _explain_images(args: argparse.Namespace) -> dict:
 
 
 def _explain_run(args: argparse.Namespace) -> dict:
-    from clipcompare.classes import ClassSet
-    from clipcompare.data.decode import load_rgb
-    from clipcompare.errors import UserError
-    from clipcompare.evaluation.galleries import gallery_images
-    from clipcompare.explain import ImageItem, explain
-    from clipcompare.explain.boxes import read_boxes
-    from clipcompare.models.spec import parse_spec
-    from clipcompare.report.blocks import read_json
+    from clipcompare.explain.gallery import OUT_NAME, explain_run, run_models
     from clipcompare.rundir import RunLock
 
-    run_dir = args.run_dir
-    if not (run_dir / "run.json").is_file():
-        raise UserError(f"--run {run_dir}: not an evaluate run directory (no run.json)")
-    run = read_json(run_dir / "run.json")
-    galleries = gallery_images(run_dir, args.gallery_per_class, args.gallery_size)
-    out = args.out or run_dir / "explain"
+    specs, random, templates = run_models(args.run_dir)
     if args.models:
-        specs, allow_random = model_specs(args), args.allow_random
-    else:  # the run's own models, random where the run's were (seeded: the same weights)
-        stored = run.get("settings", {}).get("models") or [m["name"] for m in run.get("models", [])]
-        specs = [parse_spec(_spec_text(m)) for m in stored]
-        if not specs:
-            raise UserError(f"--run {run_dir}: its run.json names no models; name them with -m")
-        allow_random = args.allow_random or any(not m.get("pretrained", True) for m in run.get("models", []))
-    templates = args.templates or run.get("options", {}).get("templates") or "openai"
-    notes: list[str] = []
-    skipped: list[dict[str, str]] = []
-    results = {}
+        specs, random = model_specs(args), False
+    out = args.out or args.run_dir / OUT_NAME
     with RunLock(out, "clipcompare explain"):
-        classifiers = _load(args, specs, templates, allow_random)
-        for gallery in galleries:
-            items = []
-            for key, path, _ in gallery.items:
-                try:
-                    items.append(ImageItem(path, load_rgb(path), key=key, dataset=gallery.name))
-                except Exception as exc:  # noqa: BLE001 - as evaluate: an unreadable image is skipped and counted
-                    skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
-            if not items:
-                continue
-            classes = ClassSet(tuple(gallery.classes), tuple(gallery.imagenet_indices)
-                               if gallery.imagenet_indices is not None else None)
-            boxes = None
-            if args.boxes is not None:
-                try:
-                    boxes = read_boxes(args.boxes, [it.path for it in items], [it.image.size for it in items], classes)
-                except UserError as exc:
-                    if "has no box for any" not in str(exc):
-                        raise
-            models = _ready(classifiers, classes, args.layer, notes)
-            results[gallery.name] = explain(models, items, classes, method=args.method, boxes=boxes,
-                                            out=out / gallery.name, batch_size=args.batch_size,
-                                            extra={"run": str(run_dir), "dataset": gallery.name})
-    if args.boxes is not None and not any(r.get("pointing") for r in results.values()):
-        raise UserError(f"--boxes {args.boxes} has no box for any gallery image of {run_dir}")
-    if not results:
-        notes.append(f"the galleries of {run_dir} hold no image (none that only one model gets right): nothing to explain")
-    if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
-                     f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
-    return {"run": str(run_dir), "out": str(out), "datasets": results, "notes": notes, "skipped": skipped}
-
-
-def _spec_text(stored: str) -> str:
-    """A spec as run.json's settings store it (``NAME (absolute path)`` for a local file) → typable again."""
-    if stored.endswith(")") and " (" in stored:
-        name, _, path = stored[:-1].partition(" (")
-        return f"{name.rpartition('=')[0]}={path}"
-    return stored
+        # the run's models random where the run's were (seeded: the very weights it evaluated)
+        classifiers = _load(args, specs, args.templates or templates, args.allow_random or random)
+        return explain_run(args.run_dir, classifiers, out=out, method=args.method, layer=args.layer,
+                           boxes=args.boxes, per_class=args.gallery_per_class, total=args.gallery_size,
+                           batch_size=args.batch_size)
 
 
 def format_result(result: dict) -> list[str]:
@@ -229,7 +174,7 @@ def format_result(result: dict) -> list[str]:
     for image in result["images"]:
         for model, rec in image["models"].items():
             row = [Path(image["path"]).name, model, rec["top1"], f"{rec['top1_probability']:.1%}", rec["class"],
-                   f"({rec['peak'][0]}, {rec['peak'][1]})"]
+                   "-" if rec["peak"] is None else f"({rec['peak'][0]}, {rec['peak'][1]})"]
             if boxed:
                 hit, energy = rec.get("pointing_hit"), rec.get("energy_in_boxes")
                 row += ["-" if hit is None else "yes" if hit else "no", "-" if energy is None else f"{energy:.1%}"]

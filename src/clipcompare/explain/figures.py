@@ -26,7 +26,7 @@ class Panel:
     title: str
     original_map: np.ndarray  # [H, W] in [0, 1], 0 where the model saw nothing
     visible: np.ndarray  # [H, W] booleans: the pixels the model saw
-    peak: tuple[int, int]  # (x, y) in original pixels
+    peak: tuple[int, int] | None  # (x, y) in original pixels; None: the map is zero everywhere
 
 
 def _shrink(image: Image.Image, longest: int) -> tuple[Image.Image, float]:
@@ -86,7 +86,7 @@ def side_by_side_png(image: Image.Image, title: str, panels: Sequence[Panel], bo
         for b in boxes:
             ax.add_patch(Rectangle((b.x0 * scale, b.y0 * scale), (b.x1 - b.x0) * scale, (b.y1 - b.y0) * scale,
                                    fill=False, edgecolor="white", linewidth=1.2, linestyle="--"))
-        if k:
+        if k and panels[k - 1].peak is not None:
             x, y = panels[k - 1].peak
             ax.plot([(x + 0.5) * scale], [(y + 0.5) * scale], marker="x", color="white", markersize=8, mew=2)
     fig.tight_layout()

@@ -18,8 +18,11 @@ from clipcompare.explain.boxes import Box
 TOLERANCE_PX = 15.0
 
 
-def peak(original_map: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the map's maximum (the first, in reading order, when several pixels share it)."""
+def peak(original_map: np.ndarray) -> tuple[int, int] | None:
+    """(x, y) of the map's maximum (the first, in reading order, when several pixels share it); None for a
+    map that is zero everywhere (no positive evidence: it points nowhere)."""
+    if not np.any(original_map > 0):
+        return None
     y, x = np.unravel_index(int(np.argmax(original_map)), original_map.shape)
     return int(x), int(y)
 

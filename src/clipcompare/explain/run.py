@@ -147,8 +147,7 @@ def explain(
         for k, (model, (maps, probs)) in enumerate(zip(models, per_model)):
             geo = geometry_for(model, width, height, maps.shape[1:])
             original = geo.to_original(maps[i])
-            x, y = peak(original)
-            px, py = peak(maps[i])
+            top_point, input_point = peak(original), peak(maps[i])
             top = int(probs[i].argmax())
             explained = targets[i] if targets[i] is not None else top
             record: dict[str, Any] = {
@@ -156,11 +155,12 @@ def explain(
                 "class": classes.names[explained], "class_index": explained,
                 "probability": float(probs[i, explained]),
                 "target": "--class" if target is not None else "true class" if truth[i] is not None else "top-1",
-                "peak": [x, y], "peak_input": [px, py], "geometry": geo.to_dict(),
+                "peak": list(top_point) if top_point else None,
+                "peak_input": list(input_point) if input_point else None, "geometry": geo.to_dict(),
                 "map_key": f"model{k}",
             }
             if boxes is not None and true_boxes:
-                hit = point_hits(x, y, true_boxes)
+                hit = top_point is not None and point_hits(*top_point, true_boxes)
                 energy = energy_inside(original, true_boxes)
                 hits[model.name].append(hit)
                 energies[model.name].append(energy)
@@ -171,7 +171,7 @@ def explain(
             title = f"{model.name}\n{classes.names[top]} {probs[i, top]:.0%}"
             if explained != top:
                 title += f"\nmap: {classes.names[explained]}"
-            panels.append(Panel(title, original, geo.visible_mask(), (x, y)))
+            panels.append(Panel(title, original, geo.visible_mask(), top_point))
         if out is not None:
             stem = _stem(i, item.path)
             entry["maps"] = f"maps/{stem}.npz"
