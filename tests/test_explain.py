@@ -429,3 +429,38 @@ def test_explain_run_covers_the_report_galleries_and_the_report_shows_the_maps(t
                          for t in tiles)
     html = write_html(report, tmp_path / "report.html").read_text()
     assert html.count('<figure data-model="clip:tiny-RN-quickgelu">') == len(tiles)
+
+
+def test_boxes_give_the_pointing_table_in_json_terminal_and_report(tmp_path, capsys):
+    from clipcompare.report import build_report
+
+    folder = _images(tmp_path)
+    (tmp_path / "boxes.csv").write_text("path,x0,y0,x1,y1,class\n"
+                                        f"{folder / 'a.jpg'},0,0,60,80,tench\na.jpg,60,0,120,40,tench\n"
+                                        "b.png,0,0,64,50,goldfish\n")
+    out = tmp_path / "out"
+    argv = ["explain", str(folder), "-m", "clip:tiny-RN-quickgelu", "--allow-random", "--templates", "single",
+            "--labels", ",".join(LABELS), "--out", str(out), "--boxes", str(tmp_path / "boxes.csv"),
+            "--method", "eigencam"]  # class-agnostic, never all zero: random weights have energies to compare
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "pointing game (15-px tolerance)" in printed
+    result = json.loads((out / "explain.json").read_text())
+    stats = result["pointing"]["clip:tiny-RN-quickgelu"]
+    images = result["images"]
+    assert [len(i["boxes"]) for i in images] == [2, 1] and [i["true_class"] for i in images] == ["tench", "goldfish"]
+    records = [i["models"]["clip:tiny-RN-quickgelu"] for i in images]
+    assert [r["class"] for r in records] == ["tench", "goldfish"]  # the true class is mapped
+    assert stats["images"] == 2 and stats["hits"] == sum(r["pointing_hit"] for r in records)
+    assert stats["energy_in_boxes"] == pytest.approx(np.mean([r["energy_in_boxes"] for r in records]))
+    # a.jpg's boxes cover its left half and the top of its right half: 3/4 of the pixels
+    with np.load(out / images[0]["maps"]) as npz:
+        m = npz["model0"].astype(np.float64)
+    covered = m[:, :60].sum() + m[:40, 60:].sum()
+    assert records[0]["energy_in_boxes"] == pytest.approx(covered / m.sum(), rel=1e-3)
+
+    section = build_report([out]).sections[0]
+    assert section.kind == "explain"
+    table = next(b for b in section.blocks if getattr(b, "role", "") == "pointing")
+    assert [c.value for c in table.rows[0][1:3]] == [2, stats["hits"]]
+    assert sum(1 for b in section.blocks if b.kind == "figure") == 2

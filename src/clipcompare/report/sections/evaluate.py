@@ -127,6 +127,13 @@ def dataset_blocks(name: str, entry: dict[str, Any], path: Path, options: Report
     blocks.append(confusion_table(entry, models, options.listed))
     root = Path(entry.get("root", ""))
     explained = explained_images(path.parent.parent / "explain" / name)
+    if explained:
+        from clipcompare.report.sections.explain import pointing_table
+
+        folder = next(iter(explained.values()))[0]
+        table = pointing_table(read_json(folder / "explain.json"), "pointing game of the gallery images (explain --run)")
+        if table is not None:
+            blocks.append(table)
     for comparison in entry.get("comparisons", []):
         a, b = comparison["models"]
         if a in tops and b in tops:
