@@ -74,6 +74,8 @@ def test_maps_equal_grad_cam_on_the_same_model_layer_and_target(classifiers, nam
         scores = model.logits(x)
     targets = [int(scores[0].argmax()), int(scores[1].argmin())]
     ours, logits = compute_maps(model.logits, model.layer, [x[:1], x[1:]], targets, method=method)
+    # only the layer's activation was differentiated: no gradient on any weight, every flag restored
+    assert all(p.requires_grad and p.grad is None for p in clf.model.parameters())
     ref_cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
     ref = ref_cls(model=model.logits, target_layers=[clf.model.get_submodule(layer_path)],
                   reshape_transform=_tutorial_reshape(grid) if grid else None)
@@ -81,8 +83,6 @@ def test_maps_equal_grad_cam_on_the_same_model_layer_and_target(classifiers, nam
     assert ours.shape == expected.shape == (2, *x.shape[-2:])
     np.testing.assert_allclose(ours, expected, atol=2e-5)
     assert ours[0].max() > 0.99  # not all zeros: grad-cam scales each map to [0, 1]
-    # the weights' flags are restored and no gradient was left on them
-    assert all(p.requires_grad for p in clf.model.visual.parameters()) if hasattr(clf.model, "visual") else True
     with torch.no_grad():
         assert torch.allclose(logits, model.logits(x), atol=1e-5)
 
@@ -222,6 +222,19 @@ def test_pointing_game_tells_a_trained_network_from_its_shuffled_weights(tmp_pat
     assert trained["energy_in_boxes"] > random["energy_in_boxes"]
     # the pointing game explains the true class (Zhang et al.), whatever the top-1
     assert all(img["models"]["shuffled"]["class_index"] == int(lab) for img, lab in zip(result["images"], labels))
+
+
+@pytest.mark.parametrize("method", ["scorecam", "eigencam"])
+def test_gradient_free_methods_equal_grad_cam_too(method):
+    from pytorch_grad_cam import EigenCAM, ScoreCAM
+
+    torch.manual_seed(0)
+    net = TinyCNN().eval()
+    x = torch.rand(2, 3, 32, 32)
+    ours, _ = compute_maps(net, find_layer(net), [x[:1], x[1:]], [1, 3], method=method)
+    ref = (ScoreCAM if method == "scorecam" else EigenCAM)(model=net, target_layers=[net.features[-1]])
+    np.testing.assert_allclose(ours, ref(input_tensor=x, targets=[ClassifierOutputTarget(1),
+                                                                  ClassifierOutputTarget(3)]), atol=2e-5)
 
 
 # --------------------------------------------------------------------------- geometry
