@@ -40,7 +40,7 @@ GOAL = 1.5  # explain / bare forward + backward
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model specs (default: %(default)s)")
-    parser.add_argument("--images", type=int, default=32, help="generated 500x375 images (default 32)")
+    parser.add_argument("--images", type=int, default=16, help="generated 500x375 images (default 16)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch on both sides (default 16)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians compared (default 3)")
     return parser
