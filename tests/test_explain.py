@@ -113,6 +113,17 @@ def test_layers_of_timm_and_transformers_towers_by_structure():
     hf = transformers.CLIPVisionModel(cfg)
     hf_layer = find_layer(hf)
     assert hf_layer.name.endswith("encoder.layers.1.layer_norm1") and hf_layer.reshape is not None
+    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8))
+    siglip_layer = find_layer(siglip)
+    assert siglip_layer.name.endswith("encoder.layers.1.layer_norm1")
+    grid = siglip_layer.reshape(torch.zeros(1, 16, 32))  # no class token: all 16 tokens are the 4x4 grid
+    assert grid.shape == (1, 32, 4, 4) and siglip_layer.reshape.seen == (0, 4, 4)
+    # a clipcompare train checkpoint: the backbone inside its image tower
+    from clipcompare.models.contrastive import Architecture, build_untrained
+
+    trained = build_untrained(Architecture("resnet18", "clip:tiny-RN-quickgelu", True, 64, 64, True))
+    assert find_layer(trained).name == "visual.backbone.layer4.1"
     # a timm ViT's map equals grad-cam's with the tutorial's reshape (one class token)
     x = torch.rand(2, 3, 32, 32)
     ours, _ = compute_maps(vit, layer, [x], [0, 2])
