@@ -376,6 +376,15 @@ def test_bad_class_and_layer_are_one_line_and_write_nothing(tmp_path, capsys):
     assert main([*argv, "--layer", "layer4[7]"]) == 2
     assert "--layer layer4[7]" in _error(capsys)
     assert _nothing_written(out)
+    (tmp_path / "run").mkdir()
+    assert main(["explain", "--run", str(tmp_path / "run")]) == 2
+    assert "not an evaluate run directory" in _error(capsys)
+    (tmp_path / "run" / "run.json").write_text("{}")
+    assert main(["explain", "--run", str(tmp_path / "run")]) == 2
+    assert "the evaluate run is unfinished" in _error(capsys)
+    assert main(["explain", str(folder), "--run", str(tmp_path / "run")]) == 2
+    assert "name no images with it" in _error(capsys)
+    assert _nothing_written(tmp_path / "run" / "explain")
 
 
 def test_undecodable_images_are_skipped_and_counted_or_refused(tmp_path, capsys):

@@ -41,6 +41,9 @@ def spec_text(stored: str) -> str:
 def run_models(run_dir: Path) -> tuple[list[str], bool, str]:
     """The run's model specs, whether any ran with random weights, and its prompt templates."""
     run = read_run(run_dir)
+    if not (Path(run_dir) / "metrics.json").is_file():
+        raise UserError(f"--run {run_dir}: the evaluate run is unfinished (no metrics.json); run the same "
+                        "evaluate command again to complete it")
     stored = run.get("settings", {}).get("models") or [m["name"] for m in run.get("models", [])]
     if not stored:
         raise UserError(f"--run {run_dir}: its run.json names no models; name them with -m")
