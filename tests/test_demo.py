@@ -21,8 +21,8 @@ def test_demo_runs_end_to_end_on_photos_and_ends_with_the_report_path(tmp_path, 
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     text = "\n".join(lines)
-    for step in ("Architecture", "Classification", "Evaluation", "Precision", "Robustness", "Report",
-                 "RANDOM weights"):
+    for step in ("Architecture", "Classification", "Evaluation", "Where each model looks", "Precision",
+                 "Robustness", "Report", "RANDOM weights"):
         assert step in text
     report = out / "report.html"
     assert lines[-1] == str(report) and report.is_file()

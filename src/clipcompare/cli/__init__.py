@@ -17,7 +17,8 @@ from clipcompare.errors import UserError
 
 # subcommand modules, in the order `--help` lists them (the pipeline's order)
 COMMANDS: tuple[str, ...] = (
-    "inspect", "synsets", "classify", "evaluate", "robustness", "retrieval", "precision", "train", "report", "demo",
+    "inspect", "synsets", "classify", "evaluate", "robustness", "retrieval", "precision", "train", "explain", "report",
+    "demo",
 )
 
 

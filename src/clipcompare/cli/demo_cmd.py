@@ -3,7 +3,8 @@
 1. architecture (`inspect`) of ResNet-50 and CLIP RN50; 2. classification of the photos that ship
 with scikit-image and scikit-learn (CLIP with free-text labels and with the 1000 ImageNet classes,
 ResNet-50 with the ImageNet classes); 3. `evaluate` on photo / sketch / art renditions of those
-photos whose ImageNet class is clear; 4. a small `precision` run; 5. `robustness`: the published
+photos whose ImageNet class is clear, and `explain --run` of it (Grad-CAM of the images only one model gets
+right, shown in the report's galleries); 4. a small `precision` run; 5. `robustness`: the published
 accuracies of 1,677 models with the demo's own marked (photos standing in for ImageNet, sketches for
 ImageNet-Sketch), so the demo shows something true even with random weights; 6. `report` of it all as
 one HTML page, whose path is the last line printed. Pretrained weights are used when they are in the caches;
@@ -76,6 +77,11 @@ def _run(args: argparse.Namespace) -> int:
     random |= set(result.random_weights)
     clock.lap()
 
+    print("\n== 3b. Where each model looks (clipcompare explain --run): Grad-CAM of the images only one model "
+          "gets right ==")
+    _explain(result.out, specs, device)
+    clock.lap()
+
     print("\n== 4. Precision (clipcompare precision): fp32 vs bf16" + (" vs fp16" if device.type == "cuda" else "")
           + ", batch 1 and 4 ==")
     config = PrecisionConfig(
@@ -107,6 +113,19 @@ def _run(args: argparse.Namespace) -> int:
     print("open the report (self-contained, works offline):")
     print(report)
     return 0
+
+
+def _explain(evaluate_dir: Path, specs, device) -> None:
+    """`explain --run` of the evaluate run: the report's galleries then show both models' maps."""
+    from clipcompare.cache import default_cache_dir
+    from clipcompare.cli.explain_cmd import format_result
+    from clipcompare.explain.gallery import explain_run, run_models
+    from clipcompare.models.classifier import create_classifiers
+
+    _, _, templates = run_models(evaluate_dir)
+    classifiers = create_classifiers(specs, templates=templates, cache_dir=default_cache_dir(), allow_random=True,
+                                     device=device)
+    print("\n".join(format_result(explain_run(evaluate_dir, classifiers))))
 
 
 # the demo's renditions as the shifts they imitate, to mark its models on the published map

@@ -14,17 +14,17 @@ from pathlib import Path
 from clipcompare.errors import UserError
 from clipcompare.report.blocks import Report, ReportOptions, Section
 from clipcompare.report.render import render_html, write_html, write_markdown
-from clipcompare.report.sections import evaluate, precision, robustness, train
+from clipcompare.report.sections import evaluate, explain, precision, robustness, train
 
 # checked in this order: a train run.json says so; evaluate has run.json + metrics.json + predictions/
-KINDS = {"train": train, "evaluate": evaluate, "precision": precision, "robustness": robustness}
+KINDS = {"train": train, "evaluate": evaluate, "precision": precision, "robustness": robustness, "explain": explain}
 
 __all__ = ["KINDS", "Report", "ReportOptions", "Section", "build_report", "find_runs", "render_html", "run_kind",
            "write_html", "write_markdown"]
 
 
 def run_kind(path: Path) -> str | None:
-    """``train``, ``evaluate``, ``precision``, ``robustness`` or None, by the files in ``path``."""
+    """``train``, ``evaluate``, ``precision``, ``robustness``, ``explain`` or None, by the files in ``path``."""
     return next((kind for kind, module in KINDS.items() if module.is_run(path)), None)
 
 
@@ -47,7 +47,7 @@ def find_runs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
         else:
             raise UserError(f"{path} is not a run directory: expected the files of evaluate (run.json, metrics.json, "
                             "predictions/), precision --out (precision.json), train (run.json of kind train) or "
-                            "robustness --out (robustness.json)")
+                            "robustness --out (robustness.json) or explain --out (explain.json)")
     return runs
 
 

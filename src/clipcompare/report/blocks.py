@@ -81,6 +81,15 @@ class Prediction:
 
 
 @dataclass
+class MapThumb:
+    """A model's class-activation map over a tile's image (``explain --run``), as a small JPEG."""
+
+    model: str
+    jpeg: bytes
+    caption: str = ""
+
+
+@dataclass
 class Tile:
     """One thumbnail with its caption; ``jpeg`` is None when the image could not be read (``missing`` says why)."""
 
@@ -90,6 +99,7 @@ class Tile:
     predictions: dict[str, list[Prediction]] = field(default_factory=dict)  # model → top-k
     marked: bool = False  # highlighted (the true image among retrieval results)
     missing: str = ""
+    maps: list[MapThumb] = field(default_factory=list)  # where each model looks (explain --run), if explained
 
 
 @dataclass

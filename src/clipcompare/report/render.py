@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from clipcompare.fileio import atomic_write_bytes, make_dirs
-from clipcompare.report.blocks import Figure, Gallery, Report, Tile
+from clipcompare.report.blocks import Figure, Gallery, MapThumb, Report, Tile
 
 
 def _environment(autoescape: bool) -> Any:
@@ -49,7 +49,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
 
 
-def data_uri(obj: Figure | Tile) -> str:
+def data_uri(obj: Figure | Tile | MapThumb) -> str:
     """``data:`` URI of a figure's PNG or a tile's JPEG: nothing for the browser to fetch."""
     if isinstance(obj, Figure):
         return "data:image/png;base64," + base64.b64encode(obj.png).decode("ascii")
@@ -83,9 +83,11 @@ def write_markdown(report: Report, path: Path) -> Path:
                 for t, tile in enumerate(block.tiles, 1):
                     if tile.jpeg is not None:
                         names[id(tile)] = _write_asset(assets / f"{stem}-{t:02d}.jpg", tile.jpeg)
+                    for k, thumb in enumerate(tile.maps, 1):
+                        names[id(thumb)] = _write_asset(assets / f"{stem}-{t:02d}-map{k}.jpg", thumb.jpeg)
     prefix = assets.name
 
-    def src(obj: Figure | Tile) -> str:
+    def src(obj: Figure | Tile | MapThumb) -> str:
         return quote(f"{prefix}/{names[id(obj)]}")  # the --out name may hold spaces or parentheses
 
     text = _environment(False).get_template("report.md.j2").render(report=report, src=src)

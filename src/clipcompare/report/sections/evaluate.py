@@ -8,7 +8,7 @@ classes each wins by most and galleries of images only one of them gets right.
 from __future__ import annotations
 
 import json
-from collections import Counter
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from clipcompare.evaluation.galleries import pick_gallery
 from clipcompare.evaluation.metrics import (
     expected_calibration_error,
     prob_column,
@@ -31,6 +32,7 @@ from clipcompare.report.blocks import (
     Figure,
     Gallery,
     Heading,
+    MapThumb,
     Prediction,
     ReportOptions,
     Section,
@@ -43,6 +45,8 @@ from clipcompare.report.blocks import (
     run_label,
     thumbnail,
 )
+
+log = logging.getLogger(__name__)
 
 CAPTION_TOP = 3  # predictions shown under a thumbnail
 
@@ -122,11 +126,59 @@ def dataset_blocks(name: str, entry: dict[str, Any], path: Path, options: Report
         blocks += severity_blocks(targets, tops, indices)
     blocks.append(confusion_table(entry, models, options.listed))
     root = Path(entry.get("root", ""))
+    explained = explained_images(path.parent.parent / "explain" / name)
+    if explained:
+        from clipcompare.report.sections.explain import pointing_table
+
+        folder = next(iter(explained.values()))[0]
+        table = pointing_table(read_json(folder / "explain.json"), "pointing game of the gallery images (explain --run)")
+        if table is not None:
+            blocks.append(table)
     for comparison in entry.get("comparisons", []):
         a, b = comparison["models"]
         if a in tops and b in tops:
-            blocks += pair_blocks(comparison, entry, df, names, targets, tops, probs, root, options)
+            blocks += pair_blocks(comparison, entry, df, names, targets, tops, probs, root, options, explained)
     return blocks
+
+
+def explained_images(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """``explain --run``'s images of one dataset by their key: (its output folder, its explain.json entry)."""
+    from clipcompare.explain import RESULT_FILE
+
+    if not (folder / RESULT_FILE).is_file():
+        return {}
+    result = read_json(folder / RESULT_FILE)
+    return {e["key"]: (folder, e) for e in result.get("images", []) if e.get("key") is not None and e.get("maps")}
+
+
+def map_thumbs(explained: tuple[Path, dict[str, Any]] | None, image_path: Path, models: Sequence[str],
+               options: ReportOptions) -> list[MapThumb]:
+    """Each of ``models``' map over the image (explain --run), as thumbnails; [] when not explained."""
+    if explained is None:
+        return []
+    from PIL import Image
+
+    from clipcompare.explain.figures import overlay_jpeg
+    from clipcompare.explain.geometry import CropGeometry
+    from clipcompare.explain.run import read_maps
+
+    folder, entry = explained
+    try:
+        maps = read_maps(folder, entry)
+        with Image.open(image_path) as img:
+            image = img.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - a moved image or map leaves the tile without maps, not a failed report
+        log.warning("no maps for %s: %s", image_path, exc)
+        return []
+    thumbs = []
+    for m in models:
+        rec = entry["models"].get(m)
+        if rec is None or m not in maps:
+            continue
+        geo = CropGeometry.from_dict(entry["width"], entry["height"], rec["geometry"])
+        thumbs.append(MapThumb(m, overlay_jpeg(image, maps[m], geo.visible_mask(), options.thumb_px,
+                                               options.thumb_quality), f"{rec['class']} {100 * rec['probability']:.0f}%"))
+    return thumbs
 
 
 def _prob_matrix(df: pd.DataFrame, model: str) -> np.ndarray:
@@ -183,7 +235,7 @@ def confusion_table(entry: dict[str, Any], models: Sequence[str], listed: int) -
 
 def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFrame, names: Sequence[str],
                 targets: np.ndarray, tops: dict[str, np.ndarray], probs: dict[str, np.ndarray], root: Path,
-                options: ReportOptions) -> list:
+                options: ReportOptions, explained: dict[str, tuple[Path, dict[str, Any]]] | None = None) -> list:
     a, b = comparison["models"]
     blocks: list = [Heading(f"{a} vs {b}", 4)]
     per_a, per_b = entry["models"][a]["per_class"], entry["models"][b]["per_class"]
@@ -211,26 +263,13 @@ def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFr
         only = np.flatnonzero(right[m] & ~right[other])
         chosen = pick_gallery(only, targets, options.gallery_per_class, options.gallery_total, options.seed)
         tiles = [_tile(df, i, names, targets, tops, probs, (a, b), root, options) for i in chosen]
+        for tile in tiles:
+            tile.maps = map_thumbs((explained or {}).get(tile.path), root / tile.path, (a, b), options)
         note = (f"{len(chosen)} of {len(only):,} images (a fixed random choice, at most "
                 f"{options.gallery_per_class} per class)" if len(chosen) < len(only)
                 else f"all {len(only):,} images" if len(only) else "")
         blocks.append(Gallery(f"only {m} right", tiles, role=f"only:{m}", note=note))
     return blocks
-
-
-def pick_gallery(candidates: np.ndarray, targets: np.ndarray, per_class: int, total: int, seed: int) -> np.ndarray:
-    """A seeded choice of at most ``per_class`` rows per true class and ``total`` in all, in dataset order."""
-    order = np.random.default_rng(seed).permutation(np.asarray(candidates, dtype=np.int64))
-    taken: Counter[int] = Counter()
-    chosen: list[int] = []
-    for i in order:
-        if len(chosen) >= total:
-            break
-        t = int(targets[i])
-        if taken[t] < per_class:
-            taken[t] += 1
-            chosen.append(int(i))
-    return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
 def _tile(df: pd.DataFrame, i: int, names: Sequence[str], targets: np.ndarray, tops: dict[str, np.ndarray],
