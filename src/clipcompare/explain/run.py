@@ -168,7 +168,7 @@ def explain(
             entry["models"][model.name] = record
             arrays[f"model{k}"] = original.astype(np.float16)
             arrays[f"model{k}_input"] = maps[i]
-            title = f"{model.name}\n{classes.names[top]} {probs[i, top]:.0%}"
+            title = f"{model.name}\n{classes.names[top]} {_percent(float(probs[i, top]))}"
             if explained != top:
                 title += f"\nmap: {classes.names[explained]}"
             panels.append(Panel(title, original, geo.visible_mask(), top_point))
@@ -215,3 +215,8 @@ def read_maps(out: Path, entry: dict[str, Any]) -> dict[str, np.ndarray]:
     """The original-pixel maps of one image of explain.json, by model name."""
     with np.load(Path(out) / entry["maps"]) as data:
         return {name: data[rec["map_key"]].astype(np.float32) for name, rec in entry["models"].items()}
+
+
+def _percent(p: float) -> str:
+    """A probability as the overlay's title shows it: one decimal below 10% (0.4%, not 0%)."""
+    return f"{p:.1%}" if p < 0.1 else f"{p:.0%}"
