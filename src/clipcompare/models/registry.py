@@ -13,6 +13,7 @@ from clipcompare.models.build_info import LoadedModel
 from clipcompare.models.clip import load_clip
 from clipcompare.models.clip_hub import load_clip_hub
 from clipcompare.models.contrastive import load_trained_checkpoint
+from clipcompare.models.hf import load_hf
 from clipcompare.models.spec import ModelSpec
 from clipcompare.models.torchvision import load_torchvision
 
@@ -24,6 +25,7 @@ LOADERS: dict[str, Loader] = {
     "clip:hf-hub": load_clip_hub,
     "clip:local-dir": load_clip_hub,
     "trained": load_trained_checkpoint,
+    "hf": load_hf,
 }
 
 
