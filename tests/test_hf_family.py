@@ -310,6 +310,20 @@ def test_evaluate_and_precision_run_and_record_the_processor(models_dir, image_f
     assert model["build"]["architecture"] == "transformers CLIPModel" and model["build"]["crop"] == 32
 
 
+def test_the_preprocess_is_never_approximated(models_dir):
+    """The repo's processor resizes uint8 tensors, which the split PIL path cannot reproduce: evaluate runs
+    it whole per image, and --decode gpu refuses it in one line rather than approximate it."""
+    from clipcompare.data.tensor_preprocess import UnsupportedTransform, split_preprocess, tensor_preprocess
+    from clipcompare.evaluation.pipeline import tensor_preprocesses
+
+    clf = create_classifier(f"hf:{models_dir / 'clip'}", templates="single")
+    assert split_preprocess(clf.preprocess) is None
+    with pytest.raises(UnsupportedTransform):
+        tensor_preprocess(clf.preprocess)
+    with pytest.raises(UserError, match="--decode gpu: the preprocessing of hf:clip has no tensor equivalent"):
+        tensor_preprocesses([clf.preprocess], [clf], [0])
+
+
 def test_train_with_an_hf_text_model(models_dir, tmp_path, capsys):
     from clipcompare.data.synthetic import make_coco
     from clipcompare.models.contrastive import load_trained
