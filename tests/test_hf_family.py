@@ -247,6 +247,26 @@ def test_a_fake_cache_is_read_with_no_network_attempt(models_dir, hf_cache):
         load_model(parse_spec("hf:someorg/other"))
 
 
+def test_a_fresh_process_with_downloads_allowed_stays_offline(models_dir, hf_cache):
+    """The CLI in a new interpreter, HF_HUB_OFFLINE and CLIPCOMPARE_OFFLINE unset (transformers and
+    huggingface_hub read them at import): the net guard, inherited by the child, logs any attempt and the
+    sealed suite fails this test; a repo not in the cache is one line, at once."""
+    import os
+    import subprocess
+
+    fake_hf_cache(hf_cache, REPO, models_dir / "siglip")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "CLIPCOMPARE_OFFLINE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-m", "clipcompare", "inspect", "-m", f"hf:{REPO}", "--json"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    (m,) = json.loads(run.stdout)["models"]
+    assert m["weights"] == "pretrained (model.safetensors)" and m["name"] == f"hf:{REPO}"
+    run = subprocess.run([sys.executable, "-m", "clipcompare", "inspect", "-m", "hf:someorg/absent"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "is not in the Hugging Face cache" in run.stderr
+
+
 def test_spec_rule_an_existing_folder_wins(models_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert parse_spec(f"hf:{REPO}").arch == REPO  # no such folder: a repo id
