@@ -330,18 +330,33 @@ def test_evaluate_and_precision_run_and_record_the_processor(models_dir, image_f
     assert model["build"]["architecture"] == "transformers CLIPModel" and model["build"]["crop"] == 32
 
 
-def test_the_preprocess_is_never_approximated(models_dir):
-    """The repo's processor resizes uint8 tensors, which the split PIL path cannot reproduce: evaluate runs
-    it whole per image, and --decode gpu refuses it in one line rather than approximate it."""
-    from clipcompare.data.tensor_preprocess import UnsupportedTransform, split_preprocess, tensor_preprocess
-    from clipcompare.evaluation.pipeline import tensor_preprocesses
+def test_decode_paths_run_the_processor_itself(models_dir, image_folder, tmp_path):
+    """The repo's processor resizes uint8 tensors, which evaluate's split PIL path cannot reproduce: with
+    --decode cpu it runs whole per image; with --decode gpu the same processor runs on the decoded tensors,
+    equal to its PIL result bit for bit (only the JPEG decoder can differ), and evaluate's top-5 agree."""
+    import numpy as np
+    import pandas as pd
 
-    clf = create_classifier(f"hf:{models_dir / 'clip'}", templates="single")
-    assert split_preprocess(clf.preprocess) is None
-    with pytest.raises(UnsupportedTransform):
-        tensor_preprocess(clf.preprocess)
-    with pytest.raises(UserError, match="--decode gpu: the preprocessing of hf:clip has no tensor equivalent"):
-        tensor_preprocesses([clf.preprocess], [clf], [0])
+    from clipcompare.data.tensor_preprocess import split_preprocess, tensor_preprocess
+    from clipcompare.evaluation import EvaluateOptions, evaluate
+    from clipcompare.evaluation.metrics import prob_column, top_column
+
+    for kind in ("clip", "siglip"):
+        clf = create_classifier(f"hf:{models_dir / kind}", templates="single")
+        assert split_preprocess(clf.preprocess) is None
+        images = _images(tmp_path)
+        tensors = [torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous() for im in images]
+        assert torch.equal(tensor_preprocess(clf.preprocess)(tensors), torch.stack([clf.preprocess(im) for im in images]))
+    spec = f"hf:{models_dir / 'clip'}"
+    for path in ("cpu", "gpu"):
+        evaluate([spec], [f"imagenet={image_folder}"], EvaluateOptions(
+            out=tmp_path / path, workers=0, templates="single", progress=False, device="cpu", batch_size=4, decode=path))
+    a, b = (pd.read_parquet(tmp_path / p / "predictions" / "imagenet.parquet") for p in ("cpu", "gpu"))
+    assert list(a["path"]) == list(b["path"]) and len(a) == 12
+    assert (np.stack(a[top_column("hf:clip")]) == np.stack(b[top_column("hf:clip")])).all()
+    np.testing.assert_allclose(np.stack(a[prob_column("hf:clip")]), np.stack(b[prob_column("hf:clip")]), atol=1e-4)
+    run = json.loads((tmp_path / "gpu" / "run.json").read_text())
+    assert run["options"]["tensor_preprocess"]["hf:clip"]["processor"] == "CLIPImageProcessor"
 
 
 def test_train_with_an_hf_text_model(models_dir, tmp_path, capsys):

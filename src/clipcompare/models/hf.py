@@ -171,6 +171,37 @@ class HFImagePreprocess:
     def __repr__(self) -> str:
         return f"HFImagePreprocess({type(self.image_processor).__name__})"
 
+    def tensor_preprocess(self) -> HFTensorPreprocess:
+        """The ``--decode gpu`` form: the same processor on decoded uint8 tensors (its torchvision backend
+        turns a PIL image into exactly such a tensor first, so only the JPEG decoder can differ)."""
+        from clipcompare.data.tensor_preprocess import UnsupportedTransform
+
+        if getattr(self.image_processor, "backend", None) != "torchvision":
+            raise UnsupportedTransform(f"{type(self.image_processor).__name__} with the "
+                                       f"{getattr(self.image_processor, 'backend', '?')} backend works on PIL images")
+        return HFTensorPreprocess(self.image_processor)
+
+
+class HFTensorPreprocess:
+    """The repo's image processor on uint8 ``[3, H, W]`` tensors of one device → float ``[N, 3, h, w]`` there
+    (``--decode gpu``: what :class:`~clipcompare.data.tensor_preprocess.TensorPreprocess` is for the others)."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not images:
+            raise ValueError("no images")
+        out = self.image_processor(images=list(images), return_tensors="pt", device=images[0].device)
+        return out["pixel_values"]
+
+    def describe(self) -> dict[str, Any]:
+        """For run.json: the processor's own settings."""
+        ip = self.image_processor
+        return {"processor": type(ip).__name__, "size": dict(ip.size or {}), "crop_size":
+                dict(ip.crop_size or {}) if getattr(ip, "do_center_crop", False) else None,
+                "resample": str(getattr(ip, "resample", None)), "mean": list(ip.image_mean), "std": list(ip.image_std)}
+
 
 # --------------------------------------------------------------------------- finding the files
 
