@@ -186,6 +186,9 @@ def test_zero_shot_logits_equal_transformers_own(kind, where, models_dir, tmp_pa
         got = clf.logits(x, ClassSet.from_labels(LABELS))
     assert (got - ref).abs().max() <= 1e-5
     assert ref.std() > 0.01  # the logits differ between labels and images: a real comparison
+    from clipcompare.zeroshot import _text_tower
+
+    assert _text_tower(clf.model) is None  # prompts take the plain encode_text path, no open_clip EOT trimming
     build = clf.loaded.build
     if kind == "clip":
         assert (build.resize, build.crop, build.resize_mode, build.interpolation) == (40, 32, "shortest",
