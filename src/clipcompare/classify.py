@@ -102,7 +102,10 @@ def classify(
     images: Sequence[Image.Image] | None = None,
 ) -> tuple[list[ImageResult], list[str]]:
     """Top-k predictions per image and model, plus notes (models skipped and why). ``images``: the
-    decoded ``paths`` when the caller has them already (:func:`open_images`)."""
+    decoded ``paths`` when the caller has them already (:func:`open_images`).
+
+    Probabilities are a softmax over ``classes``, except for a model with a sigmoid head (SigLIP):
+    its own sigmoid per label (they need not sum to 1), noted once per such model."""
     images = list(images) if images is not None else open_images(paths)
     results = [ImageResult(str(p)) for p in paths]
     notes: list[str] = []
@@ -116,10 +119,18 @@ def classify(
         for start in range(0, len(images), BATCH):
             batch = torch.stack([clf.preprocess(im) for im in images[start:start + BATCH]]).to(clf.device, clf.dtype)
             if raw_cosine and isinstance(clf, ClipClassifier):
-                scores = clf.cosine(batch, classes)
+                probs = clf.cosine(batch, classes).float().softmax(dim=-1)
+            elif getattr(clf, "sigmoid_head", False):
+                # SigLIP was trained with a sigmoid per image-text pair: scale·cos + bias is the log-odds
+                # that this label fits, what its model card and transformers' pipeline report; a softmax
+                # over the label set would ignore the bias and invent a competition it never learnt
+                probs = torch.sigmoid(clf.logits(batch, classes).float())
             else:
-                scores = clf.logits(batch, classes)
-            tops.append(scores.float().softmax(dim=-1).topk(k, dim=-1))
+                probs = clf.logits(batch, classes).float().softmax(dim=-1)
+            tops.append(probs.topk(k, dim=-1))
+        if getattr(clf, "sigmoid_head", False) and not raw_cosine:
+            notes.append(f"{clf.name}: sigmoid probabilities (a SigLIP-style head scores each label on its own; "
+                         "they do not sum to 1)")
         values = torch.cat([t.values for t in tops]).tolist()
         indices = torch.cat([t.indices for t in tops]).tolist()
         for res, vals, idxs in zip(results, values, indices):

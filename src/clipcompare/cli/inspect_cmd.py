@@ -78,6 +78,8 @@ def _model_lines(m: ModelInspection) -> list[str]:
         b = BuildInfo(**m.build)
         lines.append(f"  activation  {b.activation} ({b.activation_source})")
         lines.append(f"  preprocess  {b.preprocess_text()}")
+        if b.tokenizer:
+            lines.append(f"  tokenizer   {b.tokenizer}")
     if m.vit is not None:
         v = m.vit
         tokens = f"{v.tokens} tokens ({v.grid}×{v.grid} patches{' + class token' if v.class_token else ''})"

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--captions", metavar="FILE", help="your own data: CSV/TSV/JSONL of image path + caption")
     model = p.add_argument_group("model")
     model.add_argument("--image-model", default=d.image_model, metavar="SPEC", help=f"torchvision or timm: classifier (default {d.image_model})")
-    model.add_argument("--text-model", default=d.text_model, metavar="SPEC", help=f"open_clip model whose text tower is frozen (default {d.text_model})")
+    model.add_argument("--text-model", default=d.text_model, metavar="SPEC", help=f"open_clip model (clip:...) or transformers CLIP/SigLIP (hf:ORG/REPO, hf:PATH) whose text tower is frozen (default {d.text_model})")
     model.add_argument("--embed-dim", type=int_at_least(1), help="embedding width (must equal the text tower's)")
     model.add_argument("--image-size", type=int_at_least(8), default=d.image_size, metavar="PX",
                        help=f"images are resized (no crop) to PX x PX (default {d.image_size})")

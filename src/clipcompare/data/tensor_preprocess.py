@@ -95,10 +95,16 @@ _RGB_STEPS = frozenset({"MaybeConvertMode", "_convert_to_rgb", "convert_to_rgb"}
 
 
 def tensor_preprocess(transform: Any) -> TensorPreprocess:
-    """The tensor equivalent of a model's PIL ``transform``; :class:`UnsupportedTransform` otherwise."""
+    """The tensor equivalent of a model's PIL ``transform``; :class:`UnsupportedTransform` otherwise.
+
+    A transform with a ``tensor_preprocess()`` method gives its own: any callable with
+    :class:`TensorPreprocess`'s ``__call__`` and ``describe``."""
     from torchvision import transforms as T
 
     name = type(transform).__name__
+    own = getattr(transform, "tensor_preprocess", None)
+    if callable(own):  # a transform that brings its own tensor form (the models layer's hf: processors)
+        return own()
     if name == "ImageClassification":  # torchvision weights' transforms(): attributes say it all
         return TensorPreprocess(
             resize=_size(transform.resize_size), max_size=None, interpolation=transform.interpolation,
@@ -192,6 +198,8 @@ def split_preprocess(transform: Any) -> SplitPreprocess | None:
     try:
         steps = tensor_preprocess(transform)
     except UnsupportedTransform:
+        return None
+    if not isinstance(steps, TensorPreprocess):  # its own tensor form: no PIL steps to split off
         return None
     if len(steps.mean) != 3 or len(steps.std) != 3:
         return None

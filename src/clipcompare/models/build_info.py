@@ -34,15 +34,20 @@ class BuildInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     preprocess_source: str  # whose preprocessing: a pretrained tag, torchvision weights, a model config
+    tokenizer: str | None = None  # a text model's tokenisation, where the loader decides it (hf: the repo's)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["tokenizer"] is None:  # absent, not null: run.json of the families without it stays as it was
+            del d["tokenizer"]
+        return d
 
     def describe(self) -> str:
         """One line for logs and ``inspect``."""
         scale = f"; logit scale: {self.logit_scale}" if self.logit_scale else ""
+        text = f"; tokenizer: {self.tokenizer}" if self.tokenizer else ""
         return (f"{self.architecture}, activation {self.activation} ({self.activation_source}){scale}; "
-                f"preprocess: {self.preprocess_text()}")
+                f"preprocess: {self.preprocess_text()}{text}")
 
     def preprocess_text(self) -> str:
         """``resize … crop … mean … std … (source)``, as ``describe`` and ``inspect`` show it."""

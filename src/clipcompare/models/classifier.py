@@ -104,7 +104,8 @@ class SupervisedClassifier(Classifier):
 
 
 class ClipClassifier(Classifier):
-    """A CLIP model used zero-shot: logits = the model's logit scale × cosine similarity."""
+    """A CLIP model used zero-shot: logits = the model's logit scale × cosine similarity (+ the logit bias of
+    a SigLIP-style sigmoid head)."""
 
     def __init__(self, loaded: LoadedModel, templates: str = "openai", cache_dir: Path | None = None) -> None:
         from clipcompare.zeroshot import load_templates
@@ -120,6 +121,17 @@ class ClipClassifier(Classifier):
     def logit_scale(self) -> torch.Tensor:
         """exp(learned log-scale), as a 0-d tensor on the model's device (no host sync per batch)."""
         return self.model.logit_scale.exp()
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """SigLIP's learned bias (its logits are scale·cos + bias, the log-odds of a sigmoid), else None."""
+        bias = getattr(self.model, "logit_bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
+    @property
+    def sigmoid_head(self) -> bool:
+        """Whether the model was trained with a sigmoid loss (SigLIP): its logits are per-class log-odds."""
+        return self.logit_bias is not None
 
     @property
     def model_id(self) -> str:
@@ -155,7 +167,9 @@ class ClipClassifier(Classifier):
     def logits(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
         head = self.head(classes)
         feats = self.features(images)
-        return self.logit_scale.float() * feats @ head.to(feats.dtype)
+        logits = self.logit_scale.float() * feats @ head.to(feats.dtype)
+        bias = self.logit_bias
+        return logits if bias is None else logits + bias.float()
 
     def cosine(self, images: torch.Tensor, classes: ClassSet) -> torch.Tensor:
         """Raw cosine similarities (no temperature), for ``--raw-cosine``."""
@@ -206,7 +220,8 @@ def create_classifiers(
 
 
 def wrap_loaded(loaded: LoadedModel, *, templates: str = "openai", cache_dir: Path | None = None) -> Classifier:
-    """The :class:`Classifier` for an already loaded model (CLIP or trained checkpoint → zero-shot, else supervised)."""
-    if loaded.spec.family in ("clip", "trained"):
+    """The :class:`Classifier` for an already loaded model (CLIP, hf: or trained checkpoint → zero-shot, else
+    supervised)."""
+    if loaded.spec.family in ("clip", "trained", "hf"):
         return ClipClassifier(loaded, templates=templates, cache_dir=cache_dir)
     return SupervisedClassifier(loaded)

@@ -88,7 +88,7 @@ class Architecture:
     """What builds a trained model besides its weights; stored in its checkpoints."""
 
     image_arch: str  # the classifier the image tower's backbone is built from: torchvision (resnet50) or timm:ARCH
-    text_model: str  # the clip: spec of the frozen text tower: its open_clip config and tokenizer
+    text_model: str  # the clip: (or hf:) spec of the frozen text tower: its config and tokenizer
     quick_gelu: bool  # the text tower's activation (QuickGELU has no weights to tell it by)
     embed_dim: int  # the shared embedding width (the text tower's)
     image_size: int  # the square input the image tower is trained at
@@ -230,13 +230,19 @@ def build_untrained(architecture: Architecture) -> ContrastiveModel:
     from torchvision import models
 
     register_tiny_configs()
-    name = text_model_config(architecture.text_model)
+    spec = parse_spec(architecture.text_model)
     if architecture.image_arch.startswith("timm:"):
         import timm
 
         backbone = timm.create_model(architecture.image_arch.removeprefix("timm:"), pretrained=False)
     else:
         backbone = models.get_model(architecture.image_arch, weights=None)
+    if spec.family == "hf":
+        from clipcompare.models.hf import build_hf_untrained
+
+        clip, tokenizer = build_hf_untrained(spec)
+        return assemble(architecture, backbone, clip, tokenizer)
+    name = text_model_config(architecture.text_model)
     with hf_hub_offline(), quiet_random_init():
         clip = open_clip.create_model(name, force_quick_gelu=architecture.quick_gelu, load_weights=False)
         tokenizer = open_clip.get_tokenizer(name)

@@ -13,6 +13,7 @@ from clipcompare.models.build_info import LoadedModel
 from clipcompare.models.clip import load_clip
 from clipcompare.models.clip_hub import load_clip_hub
 from clipcompare.models.contrastive import load_trained_checkpoint
+from clipcompare.models.hf import load_hf
 from clipcompare.models.spec import ModelSpec
 from clipcompare.models.timm import load_timm
 from clipcompare.models.torchvision import load_torchvision
@@ -26,6 +27,7 @@ LOADERS: dict[str, Loader] = {
     "clip:local-dir": load_clip_hub,
     "trained": load_trained_checkpoint,
     "timm": load_timm,
+    "hf": load_hf,
 }
 
 

@@ -23,6 +23,11 @@ Grammar::
     trained=/path/run/checkpoints/best.pt   a ``clipcompare train`` checkpoint (CLIP-like: zero-shot)
     timm:resnet50.a1_in1k         a timm classifier with that pretrained tag (no tag: timm's default)
     timm:resnet50.a1_in1k=/path   a local timm state dict (.pth/.safetensors) of that model
+    hf:ORG/REPO                   a transformers CLIPModel / SiglipModel repo, read from the local Hugging
+                                  Face cache only (config.json, weights, the repo's processor)
+    hf:PATH                       the same from a ``save_pretrained`` folder. An existing folder wins: PATH
+                                  is a folder when it names one (relative: from the working directory),
+                                  else ORG/REPO is a repo id; ``./``, ``/`` or ``~`` always mean a folder
 
 The two open_clip forms carry their own config, preprocessing and weights, so ``@TAG`` and
 ``=FILE`` are refused with them. ``arch`` holds the name open_clip is given (``hf-hub:ORG/REPO``,
@@ -38,7 +43,7 @@ from typing import Literal
 
 from clipcompare.errors import UserError
 
-Family = Literal["torchvision", "clip", "trained", "timm"]
+Family = Literal["torchvision", "clip", "trained", "timm", "hf"]
 
 DEFAULT_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
 # the comparison this tool is about: every command defaults to it
@@ -78,6 +83,9 @@ class ModelSpec:
             # the run directory names a checkpoint better than "best.pt" alone
             run = self.path.parent.parent.name if self.path.parent.name == "checkpoints" else self.path.parent.name
             return f"trained={run}/{self.path.name}" if run else f"trained={self.path.name}"
+        if self.family == "hf":
+            # a folder (absolute arch) by its name, as clip:local-dir: is; a repo id by itself
+            return f"hf:{Path(self.arch).name}" if self.arch.startswith("/") else f"hf:{self.arch}"
         if self.schema == "local-dir":
             # the folder's name, as a file's name stands for it in NAME=FILE; the full path is the weights_file
             base = f"clip:local-dir:{Path(self.source).name or self.source}"
@@ -102,6 +110,8 @@ def parse_spec(text: str) -> ModelSpec:
         # before splitting on '=': a folder's path may hold one
         if raw.startswith(f"clip:{schema}:"):
             return _schema_spec(text, schema, raw[len(f"clip:{schema}:"):])
+    if raw.startswith("hf:"):
+        return _hf_spec(text, raw[len("hf:"):])
     path: Path | None = None
     if "=" in raw:
         raw, _, file = raw.partition("=")
@@ -147,7 +157,12 @@ def _schema_spec(text: str, schema: str, ident: str) -> ModelSpec:
         return ModelSpec("clip", f"local-dir:{folder.resolve()}")
     if "=" in ident or "@" in ident:
         raise UserError(refused)
-    bad = f"model spec {text!r}: {ident!r} is not a Hugging Face repo id; expected {form}"
+    _check_repo_id(ident, f"model spec {text!r}: {ident!r} is not a Hugging Face repo id; expected {form}")
+    return ModelSpec("clip", f"hf-hub:{ident}")
+
+
+def _check_repo_id(ident: str, bad: str) -> None:
+    """UserError ``bad`` (with the hub's reason) unless ``ident`` is a valid ``ORG/REPO`` repo id."""
     if not _HF_REPO.match(ident):
         raise UserError(bad)
     from huggingface_hub.utils import validate_repo_id  # the hub's own rules (no leading '-', no '--', ...)
@@ -156,7 +171,6 @@ def _schema_spec(text: str, schema: str, ident: str) -> ModelSpec:
         validate_repo_id(ident)
     except ValueError as exc:
         raise UserError(f"{bad} ({str(exc).splitlines()[0]})") from None
-    return ModelSpec("clip", f"hf-hub:{ident}")
 
 
 def _timm_spec(text: str, body: str, path: Path | None) -> ModelSpec:
@@ -170,6 +184,23 @@ def _timm_spec(text: str, body: str, path: Path | None) -> ModelSpec:
     if tag:
         _check_name(tag, text)
     return ModelSpec("timm", arch, tag=tag or None, path=path)
+
+
+def _hf_spec(text: str, ident: str) -> ModelSpec:
+    """``hf:PATH`` (an existing folder, or anything starting ``./``, ``/``, ``~``) or ``hf:ORG/REPO``."""
+    if not ident:
+        raise UserError(f"model spec {text!r}: nothing after 'hf:'; expected hf:ORG/REPO or hf:PATH")
+    folder = Path(ident).expanduser()
+    if folder.is_dir():  # an existing folder wins over a repo id of the same spelling
+        return ModelSpec("hf", str(folder.resolve()))
+    if ident.startswith((".", "/", "~")):
+        raise UserError(f"model spec {text!r}: folder not found: {folder}")
+    if "=" in ident or "@" in ident:
+        raise UserError(f"model spec {text!r}: hf:ORG/REPO takes no @TAG or =FILE (nor --weights): the repo's "
+                        "config.json and weights say what to build and load")
+    _check_repo_id(ident, f"model spec {text!r}: {ident!r} is neither a folder nor a Hugging Face repo id; "
+                          "expected hf:ORG/REPO or hf:PATH")
+    return ModelSpec("hf", ident)
 
 
 def _check_name(name: str, text: str) -> None:

@@ -65,6 +65,11 @@ class TrainConfig:
             from clipcompare.models.spec import parse_spec
 
             object.__setattr__(self, "text_model", f"clip:{parse_spec(self.text_model).arch}")
+        elif self.text_model.startswith("hf:"):
+            from clipcompare.models.spec import parse_spec
+
+            spec = parse_spec(self.text_model)  # a folder's spec holds it absolute (a repo id as given)
+            object.__setattr__(self, "text_model", f"hf:{spec.arch}")
 
     @property
     def out_dir(self) -> Path:

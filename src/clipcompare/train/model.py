@@ -35,8 +35,9 @@ def build_model(config: TrainConfig, *, keep_clip_visual: bool = False) -> Built
     if image_spec.family not in ("torchvision", "timm"):
         raise UserError(f"--image-model must be a torchvision or timm classifier (e.g. resnet50:IMAGENET1K_V2, "
                         f"timm:resnet50.a1_in1k), not {image_spec}")
-    if text_spec.family != "clip":
-        raise UserError(f"--text-model must be an open_clip model (e.g. clip:ViT-B-32), not {text_spec}")
+    if text_spec.family not in ("clip", "hf"):
+        raise UserError(f"--text-model must be an open_clip model (e.g. clip:ViT-B-32) or a transformers CLIP/SigLIP "
+                        f"(hf:ORG/REPO, hf:PATH), not {text_spec}")
     image_loaded = load_model(image_spec, allow_random=config.allow_random)
     text_loaded = load_model(text_spec, allow_random=config.allow_random)
     random_weights = [str(s) for s, lm in ((image_spec, image_loaded), (text_spec, text_loaded)) if not lm.pretrained]
