@@ -95,3 +95,23 @@ def interrupt_after_first_chunk(monkeypatch, run) -> None:
         patched.setattr(ev, "write_part", interrupt)
         with pytest.raises(KeyboardInterrupt, match="^$"):  # ours, raised bare above
             run()
+
+
+def fake_hf_cache(hub: Path, repo: str, files: dict[str, bytes], kind: str = "models") -> Path:
+    """``files`` as huggingface_hub caches a repo's main revision: blobs/<sha256>, snapshots/<rev>/<name> →
+    blob (a relative symlink), refs/main = rev. ``kind``: models or datasets. Returns the snapshot folder."""
+    import hashlib
+
+    rev = hashlib.sha1(repo.encode()).hexdigest()
+    root = hub / f"{kind}--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / rev
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(rev)
+    for name, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(Path("../" * (name.count("/") + 2) + "blobs") / blob.name)
+    return snapshot

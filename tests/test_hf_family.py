@@ -8,7 +8,6 @@ transformers' own ``model(**processor(text=..., images=..., padding="max_length"
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -26,7 +25,7 @@ from clipcompare.errors import MissingWeightsError, UserError
 from clipcompare.models.classifier import create_classifier
 from clipcompare.models.loading import load_model
 from clipcompare.models.spec import parse_spec
-from helpers import make_image
+from helpers import fake_hf_cache, make_image
 
 transformers = pytest.importorskip("transformers")
 
@@ -111,22 +110,8 @@ WRITERS = {"clip": write_tiny_clip, "siglip": write_tiny_siglip,
            "siglip-mask": lambda folder: write_tiny_siglip(folder, mask=True)}
 
 
-def fake_hf_cache(hub: Path, repo: str, folder: Path) -> Path:
-    """huggingface_hub's cache layout of ``folder``'s files: blobs/<sha256>, snapshots/<rev>/<name> → blob,
-    refs/main = rev. Returns the snapshot folder."""
-    rev = hashlib.sha1(repo.encode()).hexdigest()
-    root = hub / f"models--{repo.replace('/', '--')}"
-    snapshot = root / "snapshots" / rev
-    (root / "blobs").mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(rev)
-    for file in folder.iterdir():
-        data = file.read_bytes()
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
-    return snapshot
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
 @pytest.fixture
@@ -174,7 +159,7 @@ def test_zero_shot_logits_equal_transformers_own(kind, where, models_dir, tmp_pa
     folder = models_dir / kind
     spec = f"hf:{folder}"
     if where == "cache":
-        fake_hf_cache(hf_cache, REPO, folder)
+        fake_hf_cache(hf_cache, REPO, _files(folder))
         spec = f"hf:{REPO}"
     images = _images(tmp_path)
     clf = create_classifier(spec, templates="single")
@@ -242,7 +227,7 @@ def test_retrieval_recall_equals_clip_benchmark_on_transformers_scores(models_di
 def test_a_fake_cache_is_read_with_no_network_attempt(models_dir, hf_cache):
     """huggingface_hub is told it is online (HF_HUB_OFFLINE unset): the sealed suite's net guard fails
     this test if loading so much as resolves a host."""
-    snapshot = fake_hf_cache(hf_cache, REPO, models_dir / "clip")
+    snapshot = fake_hf_cache(hf_cache, REPO, _files(models_dir / "clip"))
     loaded = load_model(parse_spec(f"hf:{REPO}"))
     assert loaded.pretrained and Path(loaded.weights_file).parent == snapshot
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored after the load
@@ -257,7 +242,7 @@ def test_a_fresh_process_with_downloads_allowed_stays_offline(models_dir, hf_cac
     import os
     import subprocess
 
-    fake_hf_cache(hf_cache, REPO, models_dir / "siglip")
+    fake_hf_cache(hf_cache, REPO, _files(models_dir / "siglip"))
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "CLIPCOMPARE_OFFLINE")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")])
     run = subprocess.run([sys.executable, "-m", "clipcompare", "inspect", "-m", f"hf:{REPO}", "--json"], env=env,

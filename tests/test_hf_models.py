@@ -6,7 +6,6 @@ plain folder and as a Hugging Face cache entry, and must come back exactly as op
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import socket
@@ -26,7 +25,7 @@ from clipcompare.models.classifier import create_classifier
 from clipcompare.models.clip import register_tiny_configs
 from clipcompare.models.loading import load_model
 from clipcompare.models.spec import ModelSpec, parse_spec
-from helpers import make_image
+from helpers import fake_hf_cache, make_image
 
 TINY_CONFIG = Path(__file__).parents[1] / "src/clipcompare/models/configs/tiny-RN-quickgelu.json"
 # none of these is open_clip's default (OpenAI mean/std, bicubic, shortest): seeing them proves the file was read
@@ -56,21 +55,6 @@ def _write_model_files(folder: Path, state: dict[str, torch.Tensor] | None, fmt:
     return folder
 
 
-def _fake_hf_cache(hub: Path, repo: str, files: dict[str, bytes]) -> str:
-    """huggingface_hub's cache layout: blobs/<sha256>, snapshots/<rev>/<name> → blob, refs/main = rev."""
-    rev = hashlib.sha1(repo.encode()).hexdigest()
-    root = hub / f"models--{repo.replace('/', '--')}"
-    (root / "blobs").mkdir(parents=True)
-    (root / "snapshots" / rev).mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(rev)
-    for name, data in files.items():
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (root / "snapshots" / rev / name).symlink_to(Path("../../blobs") / blob.name)
-    return rev
-
-
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch) -> Path:
     """An empty Hugging Face cache that both huggingface_hub (read at import) and a child process use; offline."""
@@ -85,7 +69,7 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
 
 def _cache_repo(hub: Path, state: dict[str, torch.Tensor] | None) -> str:
     src = _write_model_files(hub.parent / "src", state)
-    return _fake_hf_cache(hub, REPO, {p.name: p.read_bytes() for p in src.iterdir()})
+    return fake_hf_cache(hub, REPO, {p.name: p.read_bytes() for p in src.iterdir()}).name  # the revision
 
 
 def _logits(model: torch.nn.Module, preprocess, image: Path) -> torch.Tensor:

@@ -6,7 +6,6 @@ random weights saved as a real state dict in a fake Hugging Face cache (and as `
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from clipcompare.data.synthetic import synthetic_image
 from clipcompare.evaluation.metrics import prob_column, top_column
 from clipcompare.imagenet.classes import IMAGENET_R_INDICES, imagenet_classes
 from clipcompare.models.spec import parse_spec
-from helpers import make_image, make_image_folder
+from helpers import fake_hf_cache, make_image, make_image_folder
 
 NAME = "resnet18.a1_in1k"
 SPEC = f"timm:{NAME}"
@@ -69,20 +68,6 @@ def hf_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def _cache(hub: Path, repo: str, name: str, data: bytes) -> Path:
-    """huggingface_hub's layout: blobs/<sha256>, snapshots/<rev>/<name> → blob, refs/main = rev."""
-    rev = hashlib.sha1(repo.encode()).hexdigest()
-    root = hub / f"models--{repo.replace('/', '--')}"
-    (root / "blobs").mkdir(parents=True)
-    (root / "snapshots" / rev).mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(rev)
-    blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-    blob.write_bytes(data)
-    (root / "snapshots" / rev / name).symlink_to(Path("../../blobs") / blob.name)
-    return root / "snapshots" / rev / name
-
-
 def _safetensors(model: torch.nn.Module, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -93,7 +78,7 @@ def _safetensors(model: torch.nn.Module, path: Path) -> Path:
 def cached(hf_home, reference, tmp_path) -> Path:
     """The reference weights as ``model.safetensors`` of ``timm/resnet18.a1_in1k`` in the fake cache."""
     data = _safetensors(reference, tmp_path / "w" / "model.safetensors").read_bytes()
-    return _cache(hf_home / "hub", REPO, "model.safetensors", data)
+    return fake_hf_cache(hf_home / "hub", REPO, {"model.safetensors": data}) / "model.safetensors"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from clipcompare.cli import main
 from clipcompare.data import build_dataset, parse_dataset_arg
 from clipcompare.evaluation import EvaluateOptions, evaluate
 from clipcompare.evaluation.metrics import prob_column, top_column
-from helpers import interrupt_after_first_chunk, make_image, make_image_folder
+from helpers import fake_hf_cache, interrupt_after_first_chunk, make_image, make_image_folder
 
 RESNET = "resnet18"
 CLIP = "clip:tiny-RN-quickgelu"
@@ -216,18 +216,14 @@ def test_class_ids_out_of_range_and_missing_classnames(tmp_path, capsys):
 
 
 def test_hf_dataset_from_the_local_cache_only(exported, tmp_path, monkeypatch):
-    import shutil
-
     from huggingface_hub import constants
 
     _, good = exported
-    repo = tmp_path / "hub" / "datasets--clip-benchmark--wds_tiny"
-    shutil.copytree(good, repo / "snapshots" / ("a" * 40))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("a" * 40)
+    files = {str(p.relative_to(good)): p.read_bytes() for p in sorted(good.rglob("*")) if p.is_file()}
+    snapshot = fake_hf_cache(tmp_path / "hub", "clip-benchmark/wds_tiny", files, kind="datasets")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     ds = build_dataset(parse_dataset_arg("wds=hf://datasets/clip-benchmark/wds_tiny"))
-    assert len(ds) == 9 and ds.root == repo / "snapshots" / ("a" * 40)
+    assert len(ds) == 9 and ds.root == snapshot
     from clipcompare.errors import UserError
 
     with pytest.raises(UserError, match="not in the local Hugging Face cache; where there is network, fetch it with: "

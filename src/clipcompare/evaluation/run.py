@@ -196,7 +196,7 @@ def _settings(specs: Sequence[ModelSpec], data: Sequence[ImageDataset], options:
         ],
         "limit_per_class": options.limit_per_class,
         # prompts only matter to CLIP models
-        "templates": _templates_identity(options.templates) if any(s.family not in ("torchvision", "timm") for s in specs) else None,
+        "templates": _templates_identity(options.templates) if any(not s.supervised for s in specs) else None,
     }
     # Only when not the default, so run directories made before these options existed still resume.
     if options.decode != "cpu":

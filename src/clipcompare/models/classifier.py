@@ -222,6 +222,6 @@ def create_classifiers(
 def wrap_loaded(loaded: LoadedModel, *, templates: str = "openai", cache_dir: Path | None = None) -> Classifier:
     """The :class:`Classifier` for an already loaded model (CLIP, hf: or trained checkpoint → zero-shot, else
     supervised)."""
-    if loaded.spec.family in ("clip", "trained", "hf"):
+    if not loaded.spec.supervised:
         return ClipClassifier(loaded, templates=templates, cache_dir=cache_dir)
     return SupervisedClassifier(loaded)

@@ -44,6 +44,8 @@ from typing import Literal
 from clipcompare.errors import UserError
 
 Family = Literal["torchvision", "clip", "trained", "timm", "hf"]
+# classifiers scored by their 1000 ImageNet logits; every other family is CLIP-like (a zero-shot head)
+SUPERVISED_FAMILIES: tuple[str, ...] = ("torchvision", "timm")
 
 DEFAULT_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
 # the comparison this tool is about: every command defaults to it
@@ -64,6 +66,11 @@ class ModelSpec:
     arch: str
     tag: str | None = None
     path: Path | None = None
+
+    @property
+    def supervised(self) -> bool:
+        """A classifier with ImageNet logits (torchvision, timm), not a CLIP-like model."""
+        return self.family in SUPERVISED_FAMILIES
 
     @property
     def schema(self) -> str | None:

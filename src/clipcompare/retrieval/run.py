@@ -89,7 +89,7 @@ class RetrievalOptions:
 def check_retrieval_specs(specs: Sequence[ModelSpec]) -> None:
     """Refuse supervised classifiers before any data or model is loaded: they have no text side."""
     for spec in specs:
-        if spec.family in ("torchvision", "timm"):
+        if spec.supervised:
             raise UserError(f"{spec.name} is a supervised classifier with no text encoder; retrieval needs a "
                             f"CLIP-style model (clip:ARCH, or a trained checkpoint)")
 

@@ -32,7 +32,7 @@ def build_model(config: TrainConfig, *, keep_clip_visual: bool = False) -> Built
     """Image tower from ``config.image_model`` + text tower of ``config.text_model`` (weights loaded
     when available; random only with ``allow_random``)."""
     image_spec, text_spec = parse_spec(config.image_model), parse_spec(config.text_model)
-    if image_spec.family not in ("torchvision", "timm"):
+    if not image_spec.supervised:
         raise UserError(f"--image-model must be a torchvision or timm classifier (e.g. resnet50:IMAGENET1K_V2, "
                         f"timm:resnet50.a1_in1k), not {image_spec}")
     if text_spec.family not in ("clip", "hf"):
