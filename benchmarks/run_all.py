@@ -20,8 +20,9 @@ from goals import MISSED
 
 HERE = Path(__file__).resolve().parent
 # Every script here is a benchmark with goals, so a new one is run without being listed, except these:
-# this runner, the verdict helper, and decode_agreement.py (it reports agreement figures, no goal).
-NOT_BENCHMARKS = frozenset({"run_all.py", "goals.py", "decode_agreement.py"})
+# this runner, the verdict helper, decode_agreement.py (it reports agreement figures, no goal) and
+# hf_random_clip.py (it writes the random hf: model evaluate_speed.py --models can time).
+NOT_BENCHMARKS = frozenset({"run_all.py", "goals.py", "decode_agreement.py", "hf_random_clip.py"})
 SCRIPTS: tuple[str, ...] = tuple(sorted(p.name for p in HERE.glob("*.py") if p.name not in NOT_BENCHMARKS))
 
 

@@ -9,6 +9,7 @@ So ``make test`` runs and skips the same tests, with the same weights, on a netw
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +72,11 @@ def pytest_terminal_summary(terminalreporter):
     if attempts:
         terminalreporter.section("network access attempted (the suite is offline)", red=True, bold=True)
         terminalreporter.write(attempts)
+
+
+def pytest_unconfigure(config):
+    # after the summary has read the network log: the sealed caches and home go with the session
+    shutil.rmtree(_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
