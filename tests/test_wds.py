@@ -71,7 +71,7 @@ def test_layout_read_as_exported(exported):
     folder, wds = exported
     assert (wds / "test" / "nshards.txt").read_text().strip() == "3"  # 9 samples, 4 per shard
     ds = build_dataset(parse_dataset_arg(f"wds={wds}"))
-    assert [s.path for s in ds.samples] == [f"{k // 4}.tar/s{k:07d}" for k in range(9)]
+    assert [s.path for s in ds.samples] == [f"test/{k // 4}.tar/s{k:07d}" for k in range(9)]
     assert [s.target for s in ds.samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert ds.classes.names == tuple(CLASSES) and ds.classes.imagenet_indices == (1, 2, 0)
     assert ds.classes.templates == ("a photo of a {}.", "itap of a {}.")
@@ -91,7 +91,7 @@ def test_evaluate_wds_equals_folder_image_by_image(exported, tmp_path):
     a = pd.read_parquet(tmp_path / "run" / "predictions" / "wds.parquet")
     b = pd.read_parquet(tmp_path / "run" / "predictions" / "folder.parquet")
     assert len(a) == len(b) == 9 and list(a["target"]) == list(b["target"])
-    assert list(a["path"]) == [f"{k // 4}.tar/s{k:07d}" for k in range(9)]
+    assert list(a["path"]) == [f"test/{k // 4}.tar/s{k:07d}" for k in range(9)]
     for model in result.models:  # both models, the supervised one too
         assert (np.stack(a[top_column(model)]) == np.stack(b[top_column(model)])).all()
         np.testing.assert_array_equal(np.stack(a[prob_column(model)]), np.stack(b[prob_column(model)]))
@@ -159,10 +159,10 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     assert entry["n_files"] == 5 and entry["skipped"]["count"] == 3 and entry["n_images"] == 2
     skipped = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
     assert {s["path"]: s["reason"].split(":")[0] for s in skipped} == {
-        "0.tar/k1": "ValueError", "0.tar/k2": "ValueError", "0.tar/k3": "UnidentifiedImageError"}
-    assert "no image" in next(s["reason"] for s in skipped if s["path"] == "0.tar/k1")
-    assert "no .cls label" in next(s["reason"] for s in skipped if s["path"] == "0.tar/k2")
-    assert list(pd.read_parquet(tmp_path / "run" / "predictions" / "wds.parquet")["path"]) == ["0.tar/k0", "0.tar/k4"]
+        "test/0.tar/k1": "ValueError", "test/0.tar/k2": "ValueError", "test/0.tar/k3": "UnidentifiedImageError"}
+    assert "no image" in next(s["reason"] for s in skipped if s["path"] == "test/0.tar/k1")
+    assert "no .cls label" in next(s["reason"] for s in skipped if s["path"] == "test/0.tar/k2")
+    assert list(pd.read_parquet(tmp_path / "run" / "predictions" / "wds.parquet")["path"]) == ["test/0.tar/k0", "test/0.tar/k4"]
 
 
 def _one_line_error(argv, capsys) -> str:
@@ -210,7 +210,7 @@ def test_class_ids_out_of_range_and_missing_classnames(tmp_path, capsys):
     (wds / "classnames.txt").write_text("goldfish\ntench\n")  # 2 classes; k3, k4 say class 2
     argv = ["evaluate", "-m", CLIP, "-d", f"wds={wds}", "--out", str(tmp_path / "run"), "--allow-random"]
     err = _one_line_error(argv, capsys)
-    assert "class id(s) not in 0..1 (classnames.txt has 2 classes): '0.tar/k3.cls=2', '0.tar/k4.cls=2'" in err
+    assert "class id(s) not in 0..1 (classnames.txt has 2 classes): 'test/0.tar/k3.cls=2', 'test/0.tar/k4.cls=2'" in err
     (wds / "classnames.txt").unlink()
     assert "no classnames.txt" in _one_line_error(argv, capsys)
 
@@ -344,3 +344,54 @@ def test_shards_are_read_alike_by_worker_processes_and_the_gpu_decode_reader(exp
     enc_f = EncodedImages(files.root, [s.path for s in files.samples], [])
     for i in range(len(paths)):
         assert torch.equal(enc_w[i][1], enc_f[i][1])  # the JPEG bytes the device decoder gets
+
+
+def test_another_split_on_the_same_out_is_refused(exported, tmp_path, monkeypatch, capsys):
+    """Keys repeat across splits (0.tar/s0000000 in each): an unfinished test run is not resumed as train."""
+    import shutil
+
+    _, good = exported
+    wds = tmp_path / "wds"
+    shutil.copytree(good, wds)
+    shutil.copytree(wds / "test", wds / "train")
+    out = tmp_path / "run"
+    interrupt_after_first_chunk(monkeypatch, lambda: evaluate([CLIP], [f"wds={wds}"],
+                                                              options(out, batch_size=2, chunk_size=2)))
+    monkeypatch.undo()
+    argv = ["evaluate", "-m", CLIP, "-d", f"wds={wds}", "--out", str(out), "--allow-random", "--templates",
+            "single", "--no-progress", "--device", "cpu"]
+    err = _one_line_error([*argv, "--split", "train"], capsys)
+    assert f"holds a run with different settings (datasets: wds={wds}:test then, wds={wds}:train now)" in err
+    assert json.loads((out / "run.json").read_text())["datasets"][0]["option"] == "test"
+    ds = build_dataset(parse_dataset_arg(f"wds={wds}:train"))
+    assert ds.samples[0].path == "train/0.tar/s0000000" and ds.option == "train"
+
+
+def test_labels_that_are_no_integer_are_skipped_and_counted(tmp_path, capsys):
+    wds = _hand_made(tmp_path / "wds", tmp_path)
+    png = make_image(tmp_path / "c.png", seed=5).read_bytes()
+    _write_shard(wds / "test" / "1.tar", [("k5.png", png), ("k5.cls", "²".encode()),
+                                          ("k6.png", png), ("k6.cls", b"--5"), ("k7.png", png), ("k7.cls", b"1")])
+    (wds / "test" / "nshards.txt").write_text("2\n")
+    result = evaluate([CLIP], [f"wds={wds}"], options(tmp_path / "run"))
+    entry = result.metrics["datasets"]["wds"]
+    assert entry["n_files"] == 8 and entry["skipped"]["count"] == 5 and entry["n_images"] == 3
+    skipped = {s["path"]: s["reason"] for s in map(json.loads, (tmp_path / "run" / "skipped.jsonl").read_text()
+                                                   .splitlines())}
+    assert "the .cls label '²' is not a class id" in skipped["test/1.tar/k5"]
+    assert "the .cls label '--5' is not a class id" in skipped["test/1.tar/k6"]
+    (wds / "test" / "nshards.txt").write_text("²\n")
+    argv = ["evaluate", "-m", CLIP, "-d", f"wds={wds}", "--out", str(tmp_path / "run2"), "--allow-random"]
+    assert "expected a number of shards >= 1, got '²'" in _one_line_error(argv, capsys)
+
+
+def test_clip_benchmark_objectnet_is_not_counted_as_objectnet(tmp_path):
+    """No ImageNet ids in its class names, and its images keep the frame objectnet= crops: its own set."""
+    wds = tmp_path / "wds_objectnet"
+    jpg = make_image(tmp_path / "a.jpg").read_bytes()
+    _write_shard(wds / "test" / "0.tar", [("k0.jpg", jpg), ("k0.cls", b"0")])
+    (wds / "test" / "nshards.txt").write_text("1\n")
+    (wds / "classnames.txt").write_text("".join(f"object {k}\n" for k in range(113)))
+    ds = build_dataset(parse_dataset_arg(f"wds={wds}"))
+    assert ds.stands_for is None and ds.benchmark == "wds" and ds.classes.imagenet_indices is None
+    assert any("not counted as objectnet" in n and "objectnet=PATH" in n for n in ds.notes)

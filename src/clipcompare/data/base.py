@@ -56,6 +56,9 @@ class ImageDataset:
     # the kind this dataset is a copy of (CLIP_benchmark's wds_imagenet-r is imagenet-r), for the
     # robustness map and the ImageNet-R/-A x-axis; None: its own kind
     stands_for: str | None = None
+    # the kind's option that rebuilds it from (kind, root): the wds split, the folder kind's mapping file
+    # (absolute); None for the kinds without one. run.json records it; resuming compares it
+    option: str | None = None
 
     @property
     def benchmark(self) -> str:

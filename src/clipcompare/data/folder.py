@@ -73,7 +73,8 @@ def class_folder_dataset(spec: DatasetSpec, limit_per_class: int | None) -> Imag
     notes: tuple[str, ...] = ()
     if classes.imagenet_indices is None:
         notes = (f"not all classes are ImageNet classes (no unique ImageNet match for {few(_unmatched(unique))})",)
-    return ImageDataset(spec.name or spec.kind, spec.kind, spec.root, classes, samples, notes)
+    option = str(Path(spec.option).expanduser().resolve()) if spec.option else None
+    return ImageDataset(spec.name or spec.kind, spec.kind, spec.root, classes, samples, notes, option=option)
 
 
 def _merge_same_class(classes: ClassSet, labels: list[str]) -> tuple[ClassSet, dict[str, int]]:

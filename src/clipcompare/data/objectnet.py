@@ -33,14 +33,20 @@ BORDER = 1  # ObjectNet's red frame, in pixels
 
 
 def _release_dir(root: Path) -> Path:
-    """``root/objectnet-1.0`` or ``root`` itself when it is that folder."""
+    """``root/objectnet-1.0`` or ``root`` itself when it is that folder; or the release holding ``root``
+    when ``root`` is its ``images/`` folder (what run.json records as the dataset's root)."""
     check_root(root, "objectnet")
     inner = root / "objectnet-1.0"
-    return inner if inner.is_dir() else root
+    if inner.is_dir():
+        return inner
+    if root.name == "images" and not (root / "mappings").is_dir() and not any((root / f).is_file() for f in MAPPING_FILES):
+        return root.parent
+    return root
 
 
 def _mapping_file(release: Path, root: Path, name: str) -> Path:
-    for folder in (release / "mappings", root, release):
+    # release.parent: where CLIP_benchmark's loader copies the mappings, reached from a root of images/
+    for folder in (release / "mappings", root, release, *((release.parent,) if root != release.parent else ())):
         if (folder / name).is_file():
             return folder / name
     raise UserError(f"dataset objectnet: mapping file {name} not found in {release / 'mappings'} "

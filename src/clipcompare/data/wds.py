@@ -13,8 +13,8 @@ The layout is CLIP_benchmark's (``clip_benchmark.datasets.builder.build_wds_data
 PATH is a local folder or ``hf://datasets/ORG/REPO[@REVISION]``, a dataset repository already in the
 local Hugging Face cache (``huggingface-cli download --repo-type dataset clip-benchmark/wds_imagenet1k``
 where there is network); it is never fetched. A sample's image is the first of webp, png, jpg, jpeg it
-has (CLIP_benchmark's order); each sample is named ``SHARD/KEY`` (``0.tar/s0000123``), which is what
-resume, ``skipped.jsonl`` and the predictions' ``path`` column hold.
+has (CLIP_benchmark's order); each sample is named ``SPLIT/SHARD/KEY`` (``test/0.tar/s0000123``: keys
+repeat across splits), which is what resume, ``skipped.jsonl`` and the predictions' ``path`` column hold.
 
 Why plain :mod:`tarfile` and not the ``webdataset`` library: evaluation needs every sample's key and
 label *before* any model runs (resume decides what is pending, metrics need the targets, a
@@ -28,9 +28,9 @@ alike, and by a torchrun rank that takes whole shards (``ImageDataset.rank_share
 already predicted without reading their images, nor tell a truncated shard from a short one.
 
 Bad input: a missing ``nshards.txt`` or shard, a shard that is not a tar or is truncated, a missing
-``classnames.txt``, a class id that is not an integer or out of range are one-line
-:class:`UserError`s before any model runs. A sample without an image or without a label stays in the
-dataset and is skipped and counted when read (``skipped.jsonl``), like an undecodable image.
+``classnames.txt``, a class id out of range are one-line :class:`UserError`s before any model runs. A
+sample without an image, without a label or whose label is not an integer stays in the dataset and is
+skipped and counted when read (``skipped.jsonl``), like an undecodable image.
 """
 
 from __future__ import annotations
@@ -122,9 +122,13 @@ def read_layout(root: Path, split: str = DEFAULT_SPLIT) -> WdsLayout:
             " (not a CLIP_benchmark webdataset: expected SPLIT/nshards.txt and SPLIT/0.tar …)"
         raise UserError(f"webdataset {root}: no {split}/nshards.txt{hint}")
     text = _read_text(nshards_file, "").strip()
-    if not text.isdigit() or int(text) < 1:
+    try:
+        count = int(text) if text.isascii() else 0  # int() reads "²" or "٣"; a shard count is plain digits
+    except ValueError:
+        count = 0
+    if count < 1:
         raise UserError(f"webdataset {nshards_file}: expected a number of shards >= 1, got {text[:40]!r}")
-    shards = tuple(split_dir / f"{k}.tar" for k in range(int(text)))
+    shards = tuple(split_dir / f"{k}.tar" for k in range(count))
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
         raise UserError(f"webdataset {split_dir}: nshards.txt says {len(shards)} shards but {few(missing)} "
@@ -261,7 +265,7 @@ class ShardReader:
         entry = self.index.get(path)
         if isinstance(entry, tuple):
             return entry[0]
-        return int(path.split(".tar/", 1)[0]) if ".tar/" in path else 0
+        return int(path.split(".tar/", 1)[0].rpartition("/")[2]) if ".tar/" in path else 0
 
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
@@ -309,17 +313,21 @@ def wds_dataset(spec: DatasetSpec, limit_per_class: int | None) -> ImageDataset:
     n = len(classes)
     for number, shard in enumerate(layout.shards):
         for s in scan_shard(shard):
-            path = f"{shard.name}/{s.key}"
+            path = f"{layout.split}/{shard.name}/{s.key}"
             image = s.image()
             target, reason = NO_LABEL, None
             if "cls" not in s.small:
                 reason = "no .cls label in the sample"
             else:
                 text = s.small["cls"].decode("utf-8", "replace").strip()
-                if not (text.lstrip("-").isdigit() and 0 <= int(text) < n):
-                    bad_labels.append(f"{path}.cls={text[:20]}")
-                    continue
-                target = int(text)
+                try:
+                    target = int(text)
+                except ValueError:  # not a number ("²", "--5", "cat"): skipped and counted, as a sample without one
+                    target, reason = NO_LABEL, f"the .cls label {text[:20]!r} is not a class id"
+                else:
+                    if not 0 <= target < n:
+                        bad_labels.append(f"{path}.cls={text[:20]}")
+                        continue
             if image is None:
                 reason = f"no image ({', '.join('.' + e for e in IMAGE_KEYS)}) in the sample"
             if limit_per_class is not None and target != NO_LABEL:
@@ -337,10 +345,12 @@ def wds_dataset(spec: DatasetSpec, limit_per_class: int | None) -> ImageDataset:
     if not classes.imagenet_scorable:
         notes = ("not all classes are ImageNet classes (classnames.txt does not map one to one to ImageNet)",)
     shift = stands_for(root, classes)
+    if set_name(root).lower() in NOT_A_SHIFT:
+        notes += (NOT_A_SHIFT[set_name(root).lower()],)
     if shift:
         notes += (f"{set_name(root)} is CLIP_benchmark's copy of {shift}: it counts as {shift} on the robustness map",)
     return ImageDataset(spec.name or spec.kind, spec.kind, root, classes, tuple(samples), notes,
-                        reader=ShardReader(layout.shards, index), stands_for=shift)
+                        reader=ShardReader(layout.shards, index), stands_for=shift, option=layout.split)
 
 
 def _class_set(layout: WdsLayout) -> ClassSet:
@@ -374,10 +384,19 @@ def imagenet_indices_of(names: Sequence[str]) -> tuple[int, ...] | None:
 
 
 # CLIP_benchmark's copies of the robustness suite (hub repositories clip-benchmark/wds_…), by the kind
-# they stand for, with the classes they must have
+# they stand for, with the classes they must have. Not wds_objectnet: its 113 class names carry no
+# ImageNet ids (the ObjectNet release's mapping files are neither in it nor shipped by CLIP_benchmark or
+# clipcompare, and the names alone do not give ObjectNet's many-to-many ImageNet groups), so no
+# supervised model could be scored, and its images keep the 1-pixel frame objectnet= crops: a CLIP point
+# from it would not be the objectnet measurement the reference rows hold.
 STANDS_FOR: dict[str, str] = {
     "wds_imagenet1k": "imagenet", "wds_imagenetv2": "imagenet-v2", "wds_imagenet_sketch": "imagenet-sketch",
-    "wds_imagenet-r": "imagenet-r", "wds_imagenet-a": "imagenet-a", "wds_objectnet": "objectnet",
+    "wds_imagenet-r": "imagenet-r", "wds_imagenet-a": "imagenet-a",
+}
+NOT_A_SHIFT: dict[str, str] = {
+    "wds_objectnet": "wds_objectnet is not counted as objectnet on the robustness map (its classes carry no "
+                     "ImageNet ids and its images keep ObjectNet's 1-pixel frame): use --dataset objectnet=PATH "
+                     "with the ObjectNet 1.0 release for that",
 }
 
 
@@ -399,8 +418,6 @@ def stands_for(root: Path, classes: ClassSet) -> str | None:
         return kind if classes.imagenet_indices == tuple(range(1000)) else None
     if kind in expected:
         return kind if classes.imagenet_indices == expected[kind] else None
-    if kind == "objectnet":
-        return kind if len(classes) == 113 else None
     return None
 
 
@@ -429,7 +446,7 @@ def read_wds_captions(text: str | Path, split: str = DEFAULT_SPLIT) -> WdsCaptio
     missing = 0
     for number, shard in enumerate(layout.shards):
         for s in scan_shard(shard):
-            path = f"{shard.name}/{s.key}"
+            path = f"{layout.split}/{shard.name}/{s.key}"
             image = s.image()
             caps = tuple(c.strip() for c in s.small.get("txt", b"").decode("utf-8", "replace").splitlines()
                          if c.strip())

@@ -190,8 +190,10 @@ def _settings(specs: Sequence[ModelSpec], data: Sequence[ImageDataset], options:
     settings: dict[str, Any] = {
         "version": SETTINGS_VERSION,
         "models": [s.name if s.path is None else f"{s.name} ({s.path.resolve()})" for s in specs],
+        # "option" (the wds split, the folder's mapping file) only when set, so older run directories resume
         "datasets": [
-            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), "classes": ds.classes.key}
+            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), "classes": ds.classes.key,
+             **_option(ds)}
             for ds in data
         ],
         "limit_per_class": options.limit_per_class,
@@ -204,6 +206,12 @@ def _settings(specs: Sequence[ModelSpec], data: Sequence[ImageDataset], options:
     if parse_dtype(options.precision) != "fp32":
         settings["precision"] = parse_dtype(options.precision)
     return settings
+
+
+def _option(ds: ImageDataset) -> dict[str, str]:
+    """``{"option": …}`` for a dataset built with one: ``build_dataset(DatasetSpec(kind, Path(root), option))``
+    rebuilds it from run.json."""
+    return {"option": ds.option} if ds.option is not None else {}
 
 
 def _templates_identity(templates: str) -> str:
@@ -242,7 +250,7 @@ def _run_info(
         "settings": settings,
         "models": models,
         "datasets": [
-            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), "files": len(ds),
+            {"name": ds.name, "kind": ds.kind, "root": str(ds.root.resolve()), **_option(ds), "files": len(ds),
              "classes": len(ds.classes), "classes_present": ds.classes_present}
             for ds in data
         ],

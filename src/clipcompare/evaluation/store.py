@@ -163,7 +163,9 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _brief(value: Any) -> str:
     if isinstance(value, list):
-        items = [f"{v['kind']}={v['root']}" if isinstance(v, dict) and "kind" in v else str(v) for v in value]
+        # as typed: KIND=ROOT[:OPTION] (the wds split, the folder's mapping file)
+        items = [f"{v['kind']}={v['root']}" + (f":{v['option']}" if v.get("option") else "")
+                 if isinstance(v, dict) and "kind" in v else str(v) for v in value]
         return ", ".join(items) or "none"
     return str(value)
 

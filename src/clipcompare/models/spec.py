@@ -200,11 +200,13 @@ def _hf_spec(text: str, ident: str) -> ModelSpec:
     folder = Path(ident).expanduser()
     if folder.is_dir():  # an existing folder wins over a repo id of the same spelling
         return ModelSpec("hf", str(folder.resolve()))
+    if "=" in ident or "@" in ident:  # '@'/'=' in a real folder's name was taken above
+        form = "hf:PATH" if ident.startswith((".", "/", "~")) else "hf:ORG/REPO"
+        raise UserError(f"model spec {text!r}: {form} takes no @TAG or =FILE (nor --weights): the "
+                        f"{'folder' if form == 'hf:PATH' else 'repo'}'s config.json and weights say what to build "
+                        "and load")
     if ident.startswith((".", "/", "~")):
         raise UserError(f"model spec {text!r}: folder not found: {folder}")
-    if "=" in ident or "@" in ident:
-        raise UserError(f"model spec {text!r}: hf:ORG/REPO takes no @TAG or =FILE (nor --weights): the repo's "
-                        "config.json and weights say what to build and load")
     _check_repo_id(ident, f"model spec {text!r}: {ident!r} is neither a folder nor a Hugging Face repo id; "
                           "expected hf:ORG/REPO or hf:PATH")
     return ModelSpec("hf", ident)

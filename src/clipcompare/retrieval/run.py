@@ -91,7 +91,7 @@ def check_retrieval_specs(specs: Sequence[ModelSpec]) -> None:
     for spec in specs:
         if spec.supervised:
             raise UserError(f"{spec.name} is a supervised classifier with no text encoder; retrieval needs a "
-                            f"CLIP-style model (clip:ARCH, or a trained checkpoint)")
+                            f"CLIP-style model (clip:ARCH, hf:ORG/REPO, or a trained checkpoint)")
 
 
 def run_retrieval(specs: Sequence[ModelSpec], splits: CaptionSplits, on: str,
