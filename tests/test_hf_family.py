@@ -307,6 +307,9 @@ def test_evaluate_and_precision_run_and_record_the_processor(models_dir, image_f
                  "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     (m,) = run["models"]
+    # the display name is the column; the spec loads the same folder again, from any working directory
+    assert (m["name"], m["spec"]) == ("hf:siglip", f"hf:{(models_dir / 'siglip').resolve()}")
+    assert parse_spec(m["spec"]) == parse_spec(spec)
     assert m["build"]["tokenizer"].startswith("TokenizersBackend, padding max_length to 64 tokens")
     assert m["build"]["preprocess_source"].startswith("SiglipImageProcessor")
     capsys.readouterr()
@@ -394,6 +397,7 @@ def _bert_folder(folder: Path) -> Path:
     ("no-processor", "cannot load the processor"),
     ("no-weights", "weights for hf:noweights not found"),
     ("with-file", "takes no @TAG or =FILE"),
+    ("folder-with-file", "hf:PATH takes no @TAG or =FILE"),
 ])
 def test_bad_input_is_one_line_exit_2(case, says, models_dir, tmp_path, hf_cache, capsys):
     if case == "bert":
@@ -417,6 +421,8 @@ def test_bad_input_is_one_line_exit_2(case, says, models_dir, tmp_path, hf_cache
         shutil.copytree(models_dir / "clip", tmp_path / "noweights")
         (tmp_path / "noweights" / "model.safetensors").unlink()
         spec = f"hf:{tmp_path / 'noweights'}"
+    elif case == "folder-with-file":
+        spec = f"hf:{tmp_path / 'absent'}=weights.pt"
     else:
         spec = "hf:someorg/repo=weights.pt"
     image = make_image(tmp_path / "x.jpg")

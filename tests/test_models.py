@@ -241,3 +241,22 @@ def test_classset_from_labels():
     assert cs.names[2] == "English Springer Spaniel"
     assert ClassSet.from_labels(["crane", "dog"]).imagenet_indices is None  # 'crane' is ambiguous
     assert ClassSet.from_labels(["crane bird", "construction crane"]).imagenet_indices == (134, 517)
+
+
+@pytest.mark.parametrize("text", [
+    "resnet50", "resnet50:IMAGENET1K_V2", "resnet50=w.pth", "resnet50:IMAGENET1K_V2=w.pth", "clip:RN50",
+    "clip:ViT-B-32@laion2b_s34b_b79k", "clip:RN50=w.pt", "clip:ViT-B-32@laion2b_s34b_b79k=w.pt",
+    "clip:hf-hub:someorg/repo", "clip:local-dir:folder", "trained=run/checkpoints/best.pt", "timm:resnet50",
+    "timm:resnet50.a1_in1k", "timm:resnet50.a1_in1k=w.pth", "hf:someorg/repo", "hf:folder",
+])
+def test_spec_text_parses_back_from_anywhere(text, tmp_path, monkeypatch):
+    """run.json's "spec": what loads the model again (absolute paths), the display name staying the column."""
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(text)
+    stored = spec.text  # as evaluate writes it, in the working directory the spec was typed in
+    monkeypatch.chdir("/")
+    again = parse_spec(stored)
+    assert again.name == spec.name
+    resolved = ModelSpec(spec.family, spec.arch, spec.tag, spec.path and (tmp_path / spec.path).resolve())
+    assert again == resolved

@@ -230,7 +230,8 @@ def _run_info(
     from clipcompare.models.hashing import weights_fingerprint
 
     models = [
-        {"name": c.name, "family": c.spec.family, "pretrained": c.pretrained,
+        # "spec": the spec that loads the model again (parse_spec), absolute paths; "name" is its column
+        {"name": c.name, "spec": c.spec.text, "family": c.spec.family, "pretrained": c.pretrained,
          "weights_file": c.loaded.weights_file, "fingerprint": weights_fingerprint(c.model),
          "build": c.loaded.build.to_dict() if c.loaded.build is not None else None}
         for c in classifiers

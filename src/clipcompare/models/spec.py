@@ -104,6 +104,22 @@ class ModelSpec:
             base = f"{self.arch}:{self.tag}" if self.tag else self.arch
         return f"{base}={self.path.name}" if self.path is not None else base
 
+    @property
+    def text(self) -> str:
+        """The spec typed back, with absolute paths: ``parse_spec(spec.text) == spec`` from any working
+        directory (``hf:/abs/folder``, ``clip:local-dir:/abs``, ``timm:resnet50.a1_in1k=/abs/file``); run.json
+        records it beside the display ``name`` so a run's models can be loaded again."""
+        file = f"={self.path.expanduser().resolve()}" if self.path is not None else ""
+        if self.family == "trained":
+            return f"trained{file}"
+        if self.family == "hf" or self.schema:
+            return f"{self.family}:{self.arch}"  # an absolute folder or a repo id (local-dir: absolute too)
+        if self.family == "clip":
+            return f"clip:{self.arch}" + (f"@{self.tag}" if self.tag else "") + file
+        if self.family == "timm":
+            return f"timm:{self.arch}" + (f".{self.tag}" if self.tag else "") + file
+        return self.arch + (f":{self.tag}" if self.tag else "") + file
+
     def __str__(self) -> str:
         return self.name
 
