@@ -244,7 +244,8 @@ def test_garbage_or_mismatched_file_is_one_line(hf_home, tmp_path, capsys):
     junk.write_bytes(b"not a tensor file at all" * 10)
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
-    for path, words in ((junk, "cannot read weights file"), (other, "does not match")):
+    missing = tmp_path / "absent.pth"
+    for path, words in ((junk, "cannot read weights file"), (other, "does not match"), (missing, "not found")):
         assert main(["classify", "--model", f"{SPEC}={path}", str(img)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and str(path) in err
@@ -338,3 +339,21 @@ def test_other_crop_modes_are_recorded_and_reproduced(name, mode, tmp_path):
     else:
         assert split is None
     assert torch.equal(transform(img), create_transform(**cfg)(img))
+
+
+def test_weights_go_through_timms_own_loader(hf_home, no_http, tmp_path):
+    """timm's filter_fn applies: a ViT checkpoint of another grid (384: 577 positions) loads into the 224
+    model with its position embedding resampled, as timm.create_model does; a strict load would refuse it."""
+    from clipcompare.models.loading import load_model
+
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    torch.manual_seed(0)
+    other = timm.create_model("vit_tiny_patch16_384", pretrained=False)
+    path = tmp_path / "vit384.pth"
+    torch.save({"state_dict": other.state_dict(), "epoch": 3}, path)  # a training checkpoint, as timm writes
+    loaded = load_model(parse_spec(f"timm:{name}={path}"))
+    expected = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}).state_dict()
+    got = loaded.model.state_dict()
+    assert got["pos_embed"].shape == (1, 197, 192) != other.state_dict()["pos_embed"].shape
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert loaded.pretrained and loaded.weights_file == str(path)

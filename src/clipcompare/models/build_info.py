@@ -66,6 +66,12 @@ def single_size(size: Any) -> int | list[int]:
     return int(size)
 
 
+def square_size(size: Any) -> int | list[int]:
+    """A size as BuildInfo holds a square one: ``n`` for n, [n] and (n, n); else [h, w]."""
+    value = single_size(size)
+    return value[0] if isinstance(value, list) and len(set(value)) == 1 else value
+
+
 def activation_names(module: nn.Module) -> list[str]:
     """Activation classes used in ``module``, in order of first appearance (QuickGELU, ReLU, GELU...)."""
     found: list[str] = []

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipcompare.errors import MissingWeightsError, UserError
-from clipcompare.models.build_info import BuildInfo, LoadedModel, single_size
+from clipcompare.models.build_info import BuildInfo, LoadedModel, single_size, square_size
 from clipcompare.models.spec import ModelSpec
 from clipcompare.models.weights import error_reason, fall_back_or_raise, hf_cached, hf_hub_offline
 
@@ -383,9 +383,7 @@ def _size_fields(ip: Any) -> tuple[int | list[int], int | list[int], str]:
         mode = "none"
     crop_size = dict(getattr(ip, "crop_size", None) or {})
     if getattr(ip, "do_center_crop", False) and crop_size.get("height"):
-        crop = single_size([int(crop_size["height"]), int(crop_size["width"])])
-        if isinstance(crop, list) and crop[0] == crop[1]:
-            crop = crop[0]
+        crop = square_size([int(crop_size["height"]), int(crop_size["width"])])
     else:
         crop = resize
     return resize, crop, mode

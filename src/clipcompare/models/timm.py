@@ -1,8 +1,10 @@
 """timm classifiers: ``timm:resnet50.a1_in1k``, ``timm:resnet50`` (timm's default tag), ``timm:ARCH.TAG=FILE``.
 
-The model is built by ``timm.create_model`` without weights, and the pretrained weights are read from
-where timm keeps them, without network: the Hugging Face cache (``timm/ARCH.TAG``, ``model.safetensors``
-or ``pytorch_model.bin``) or torch hub's checkpoint cache (the weight's release URL). Only when
+The pretrained weights are found where timm keeps them, without network: the Hugging Face cache
+(``timm/ARCH.TAG``, ``model.safetensors`` or ``pytorch_model.bin``) or torch hub's checkpoint cache (the
+weight's release URL); that file (or ``=FILE``) is then loaded by timm itself,
+``timm.create_model(ARCH.TAG, pretrained=True, pretrained_cfg_overlay={"file": FILE})``, so the
+model's own ``pretrained_filter_fn``, EMA choice and checkpoint cleaning apply as in timm. Only when
 downloads are allowed (see :mod:`clipcompare.models.weights`) and neither cache holds them does timm
 fetch them itself. The preprocessing is the one timm's ``validate.py`` evaluates with:
 ``resolve_model_data_config(model, use_test_size=True)`` then ``create_transform(**config)``.
@@ -20,16 +22,9 @@ import torch
 from torch import nn
 
 from clipcompare.errors import MissingWeightsError, UserError
-from clipcompare.models.build_info import BuildInfo, LoadedModel, activation_names, single_size
+from clipcompare.models.build_info import BuildInfo, LoadedModel, activation_names, square_size
 from clipcompare.models.spec import ModelSpec
-from clipcompare.models.weights import (
-    fall_back_or_raise,
-    hf_cached,
-    hf_hub_offline,
-    load_strict,
-    read_state_dict,
-    require_network,
-)
+from clipcompare.models.weights import error_reason, fall_back_or_raise, hf_cached, hf_hub_offline, require_network
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +32,32 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub 
 _RESIZE_MODES = {"center": "shortest", "squash": "squash", "border": "longest"}
 
 
-def timm_pretrained_name(arch: str, tag: str | None) -> tuple[str, list[str]]:
-    """``ARCH.TAG`` as timm names the weights (no tag: timm's default one, or ``ARCH`` when it has none)
-    and the arch's tags; :class:`UserError` with the closest names or the tags that exist."""
+def default_pretrained_name(arch: str) -> str | None:
+    """``ARCH.TAG`` with timm's default tag for ``arch`` (timm lists it first), ``ARCH`` when timm has no
+    pretrained weights for it, None when timm does not know ``arch``."""
     import timm
     from timm.models import get_arch_pretrained_cfgs
 
     if not timm.is_model(arch):
+        return None
+    names = list(get_arch_pretrained_cfgs(arch))
+    return names[0] if names else arch
+
+
+def timm_pretrained_name(arch: str, tag: str | None) -> tuple[str, list[str]]:
+    """``ARCH.TAG`` as timm names the weights (no tag: :func:`default_pretrained_name`) and the arch's tags;
+    :class:`UserError` with the closest names or the tags that exist."""
+    import timm
+    from timm.models import get_arch_pretrained_cfgs
+
+    default = default_pretrained_name(arch)
+    if default is None:
         known = timm.list_models()
         close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5) or ["resnet50", "convnext_tiny"]
         raise UserError(f"unknown timm model {arch!r}; closest: {', '.join(close)}")
     tags = [name.partition(".")[2] for name in get_arch_pretrained_cfgs(arch)]
     if tag is None:
-        return (f"{arch}.{tags[0]}" if tags else arch), tags  # timm lists the default tag first
+        return default, tags
     if tag not in tags:
         listed = ", ".join(tags) if tags else "none (it has no pretrained weights in timm)"
         raise UserError(f"timm model {arch} has no pretrained tag {tag!r}; its tags: {listed}")
@@ -57,32 +65,63 @@ def timm_pretrained_name(arch: str, tag: str | None) -> tuple[str, list[str]]:
 
 
 def load_timm(spec: ModelSpec, *, allow_random: bool = False) -> LoadedModel:
-    """A timm classifier built as ``timm.create_model(ARCH.TAG)``, its weights from the local caches (or
-    ``=FILE``, loaded strictly), preprocessed as timm's ``validate.py`` does."""
+    """A timm classifier ``ARCH.TAG``, its weights (``=FILE`` or the local caches) loaded by timm's own
+    loader, preprocessed as timm's ``validate.py`` does."""
     import timm
+    from timm.models import get_pretrained_cfg
 
     name, _ = timm_pretrained_name(spec.arch, spec.tag)
+    file = spec.path
+    if file is None:
+        pretrained = get_pretrained_cfg(name)
+        found = cached_weights(pretrained.to_dict() if pretrained is not None else {})
+        file = Path(found) if found is not None else None
+    if file is not None:
+        model = create_from_file(name, file)
+        preprocess, build = eval_transform(model, name, spec)
+        return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(file), build=build)
     model = timm.create_model(name, pretrained=False)
     preprocess, build = eval_transform(model, name, spec)
-    if spec.path is not None:
-        load_strict(model, read_state_dict(spec.path), spec.path)
-        return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(spec.path), build=build)
     cfg = model.pretrained_cfg
-    found = cached_weights(cfg)
-    if found is not None:
-        path = Path(found)
-        load_strict(model, read_state_dict(path), path)
-        return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=str(path), build=build)
     err = missing_weights_error(spec, name, cfg)
     try:
         if not (cfg.get("hf_hub_id") or cfg.get("url")):
             raise OSError("timm has no pretrained weights for it")
         require_network(f"https://huggingface.co/{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else cfg["url"])
-        timm.models.load_pretrained(model, pretrained_cfg=cfg)  # timm's own download (downloads are on)
-    except Exception as exc:  # no cache and no network: any download error means the same to the user
+    except OSError as exc:  # no weights anywhere, downloads off or no network: the missing-weights line
         fall_back_or_raise(err, allow_random, exc)
         return LoadedModel(spec, model, preprocess, pretrained=False, missing_weights=err.filename, build=build)
-    return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=name, build=build)
+    try:
+        model = timm.create_model(name, pretrained=True)  # timm's own download and load (downloads are on)
+    except OSError as exc:  # the download itself failed (network, hub): the same as not found
+        fall_back_or_raise(err, allow_random, exc)
+        return LoadedModel(spec, model, preprocess, pretrained=False, missing_weights=err.filename, build=build)
+    except Exception as exc:  # noqa: BLE001 - downloaded but not loadable: say so, not "not found"
+        raise UserError(f"the weights timm downloaded for {name} do not load: {error_reason(exc)}") from None
+    fetched = cached_weights(cfg)  # where timm put them, for run.json
+    return LoadedModel(spec, model, preprocess, pretrained=True, weights_file=fetched or name, build=build)
+
+
+def create_from_file(name: str, file: Path) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)`` with its weights from ``file``, offline; a missing
+    file, one that is no weights file, and one of another model are each one line."""
+    import timm
+
+    if not file.is_file():
+        raise UserError(f"weights file {file} not found")
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+    except RuntimeError as exc:
+        # model.load_state_dict's strict check (after timm's filter_fn): the file holds another model
+        if "Error(s) in loading state_dict" in str(exc) or "shape" in str(exc):
+            raise UserError(f"{file} does not match timm's {name} ({error_reason(exc)})") from None
+        raise UserError(f"cannot read weights file {file}: {error_reason(exc)}") from None
+    except (KeyError, IndexError, ValueError) as exc:  # a model's filter_fn meeting another model's keys
+        if isinstance(exc, UnicodeDecodeError):
+            raise UserError(f"cannot read weights file {file}: {error_reason(exc)}") from None
+        raise UserError(f"{file} does not match timm's {name} ({type(exc).__name__}: {error_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors/pickle/zip errors: not a readable weights file
+        raise UserError(f"cannot read weights file {file}: {error_reason(exc)}") from None
 
 
 def cached_weights(cfg: dict[str, Any]) -> str | None:
@@ -141,8 +180,8 @@ def eval_transform(model: nn.Module, name: str, spec: ModelSpec) -> tuple[Any, B
         activation=", ".join(activation_names(model)) or "none",
         activation_source=f"fixed by timm's {spec.arch}",
         logit_scale=None,
-        resize=_square(resize if resize is not None else size),
-        crop=_square(crop if crop is not None else size),
+        resize=square_size(resize if resize is not None else size),
+        crop=square_size(crop if crop is not None else size),
         interpolation=str(config.get("interpolation")),
         resize_mode=_RESIZE_MODES.get(crop_mode, crop_mode),
         mean=tuple(float(m) for m in config["mean"]), std=tuple(float(s) for s in config["std"]),
@@ -150,9 +189,3 @@ def eval_transform(model: nn.Module, name: str, spec: ModelSpec) -> tuple[Any, B
                            f"{'x'.join(map(str, size))}, crop_pct {crop_pct}, crop_mode {crop_mode}"),
     )
     return transform, build
-
-
-def _square(size: Any) -> int | list[int]:
-    """A size as BuildInfo holds it: ``n`` for n, [n] and (n, n); else [h, w]."""
-    value = single_size(size)
-    return value[0] if isinstance(value, list) and len(set(value)) == 1 else value

@@ -84,15 +84,12 @@ def published_row(model: str, img_size: int | None = None) -> str | None:
         return None
     name = model
     if "." not in model:  # the tag timm defaults to, as the loader picks it
-        from timm.models import get_arch_pretrained_cfgs
+        from clipcompare.models.timm import default_pretrained_name
 
-        try:
-            tags = list(get_arch_pretrained_cfgs(model.removeprefix("timm:")))
-        except Exception:  # noqa: BLE001 - an arch timm does not know has no row
+        default = default_pretrained_name(model.removeprefix("timm:"))
+        if default is None or "." not in default:  # an arch timm does not know, or one without weights
             return None
-        if not tags:
-            return None
-        name = f"timm:{tags[0]}"
+        name = f"timm:{default}"
     table = load_reference()
     rows = table[(table["model"] == name) | table["model"].str.startswith(f"{name}@")]
     if rows.empty:
