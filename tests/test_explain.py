@@ -134,6 +134,22 @@ def test_layers_of_timm_and_transformers_towers_by_structure():
     assert find_layer(resnet, "layer3[-1]").name == f"layer3.{len(resnet.layer3) - 1}"
 
 
+def test_a_swin_is_explained_at_its_last_stage_channels_last_permuted():
+    timm = pytest.importorskip("timm")
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=32, patch_size=4,
+                             embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2).eval()
+    layer = find_layer(swin)
+    assert layer.name == "layers.1.blocks.0.norm1" and layer.module is swin.layers[-1].blocks[-1].norm1
+    x = torch.rand(2, 3, 32, 32)
+    ours, _ = compute_maps(swin, layer, [x], [0, 2])
+    # grad-cam's Swin recipe on timm's [B, H, W, C] norm1 output: channels-last to NCHW
+    expected = GradCAM(model=swin, target_layers=[swin.layers[-1].blocks[-1].norm1],
+                       reshape_transform=lambda t: t.permute(0, 3, 1, 2))(
+        input_tensor=x, targets=[ClassifierOutputTarget(0), ClassifierOutputTarget(2)])
+    np.testing.assert_allclose(ours, expected, atol=2e-5)
+    assert ours.max() > 0.99
+
+
 def test_a_model_with_no_layer_to_explain_names_layer():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     with pytest.raises(UserError, match="--layer") as err:
