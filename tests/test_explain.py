@@ -332,6 +332,36 @@ def test_a_cropped_models_map_lands_on_the_right_pixels_of_the_original(tmp_path
     assert maps["cropped"][45:55, 105:115].min() > 0.5 and maps["squashed"][45:55, 105:115].min() > 0.5
 
 
+def test_boxes_of_class_0_label_the_target_as_the_true_class(tmp_path):
+    img = np.full((40, 40, 3), 128, dtype=np.uint8)
+    img[5:15, 5:15] = (255, 0, 0)
+    net = RedDetector()
+    model = ExplainModel("red", net, transforms.ToTensor(), TargetLayer("features", net.features))
+    result = explain([model], [ImageItem(tmp_path / "r.png", Image.fromarray(img))], ClassSet(("red", "other")),
+                     boxes=[[Box(0, 0, 20, 20, 0)]])  # class index 0: falsy, still the true class
+    assert result["target"] == "true class (boxes)"
+    assert result["images"][0]["models"]["red"]["target"] == "true class"
+    assert result["pointing"]["red"]["hits"] == 1
+
+
+def test_a_failing_later_batch_keeps_the_earlier_batches_files(tmp_path):
+    net = RedDetector()
+    seen = []
+
+    def preprocess(image):
+        seen.append(image)
+        if len(seen) == 3:
+            raise RuntimeError("the third image breaks")
+        return transforms.functional.to_tensor(image)
+
+    model = ExplainModel("red", net, preprocess, TargetLayer("features", net.features))
+    items = [ImageItem(tmp_path / f"{k}.png", Image.new("RGB", (20, 20), (200, 10 * k, 0))) for k in range(3)]
+    with pytest.raises(RuntimeError, match="third image"):
+        explain([model], items, ClassSet(("red", "other")), out=tmp_path / "out", batch_size=1)
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
+        "0000-0.npz", "0000-0.png", "0001-1.npz", "0001-1.png"]
+
+
 # --------------------------------------------------------------------------- the command
 
 
