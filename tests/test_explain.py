@@ -291,6 +291,25 @@ def test_crop_and_resize_are_undone_by_hand():
     assert resized_size(375, 500, 224, "squash") == (224, 224)
 
 
+def test_a_squash_then_centre_crop_is_undone_by_hand():
+    # timm crop_pct 0.875, crop_mode squash: 200x100 squashed to 64x64, centre crop 56 (offset 4)
+    geo = CropGeometry.from_build(100, 200, _build(64, 56, "squash"))
+    assert (geo.resized_width, geo.resized_height, geo.left, geo.top, geo.crop_width) == (64, 64, 4, 4, 56)
+    # the crop's top-left pixel: resized pixel (4, 4) → original x (4.5 * 200/64) - 0.5, y (4.5 * 100/64) - 0.5
+    assert geo.input_to_original(0, 0) == pytest.approx((4.5 * 200 / 64 - 0.5, 4.5 * 100 / 64 - 0.5))
+    assert geo.visible_box() == pytest.approx((4 * 200 / 64, 4 * 100 / 64, 60 * 200 / 64, 60 * 100 / 64))
+    # the same through torchvision: a marked crop pixel lands where the geometry says
+    img = np.zeros((100, 200, 3), dtype=np.uint8)
+    img[40:60, 150:170] = 255
+    x = transforms.Compose([transforms.Resize((64, 64)), transforms.CenterCrop(56), transforms.ToTensor()])(
+        Image.fromarray(img))[0].numpy()
+    back = geo.to_original(x)
+    assert back[45:55, 155:165].min() > 0.9 and back[:, :140].max() == 0
+    # a squash with no smaller crop stays the plain resize
+    plain = CropGeometry.from_build(100, 200, _build(64, 64, "squash"))
+    assert (plain.left, plain.top, plain.crop_width, plain.crop_height) == (0, 0, 64, 64)
+
+
 class RedDetector(nn.Module):
     """Class 0 = how red the image is: Grad-CAM of class 0 is the red channel's excess, so it peaks on red."""
 
