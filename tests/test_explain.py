@@ -486,6 +486,9 @@ def test_boxes_that_do_not_match_the_images_are_one_line(tmp_path, capsys):
                                "</bndbox></object></annotation>")
     assert main([*argv, str(xml)]) == 2
     assert "is for a 500x375 image" in _error(capsys)
+    (xml / "a.xml").write_text("<annotation><size><width></width><height>80</height></size></annotation>")
+    assert main([*argv, str(xml)]) == 2
+    assert "its <size> has no numeric <width>/<height>" in _error(capsys)
     assert _nothing_written(out)
 
 

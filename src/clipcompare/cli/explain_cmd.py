@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --run: as report's option of that name (default 2)")
     p.add_argument("--gallery-size", type=int_at_least(0), default=16, metavar="N",
                    help="with --run: as report's option of that name (default 16)")
-    p.add_argument("--templates", default=None,
-                   help="prompt templates for CLIP models: single, openai (default; with --run: the run's) or a file")
+    p.add_argument("--templates", default=None, metavar="single|openai|dataset|FILE",
+                   help="CLIP prompt templates (default: openai's 80; with --run: the run's; dataset: each wds= set's "
+                   "own zeroshot_classification_templates.txt, openai's where it has none)")
     p.add_argument("--batch-size", type=int_at_least(1), default=16, metavar="N", help="images per batch (default 16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-random", action="store_true",

@@ -147,7 +147,10 @@ def _read_ilsvrc(folder: Path, paths: Sequence[Path], sizes: Sequence[tuple[int,
             raise UserError(f"--boxes {xml}: not readable ILSVRC XML ({exc})") from None
         size = root.find("size")
         if size is not None:
-            declared = (int(float(size.findtext("width", "0"))), int(float(size.findtext("height", "0"))))
+            try:
+                declared = (int(float(size.findtext("width", "0"))), int(float(size.findtext("height", "0"))))
+            except ValueError:
+                raise UserError(f"--boxes {xml}: its <size> has no numeric <width>/<height>") from None
             if declared != tuple(sizes[i]):
                 raise UserError(f"--boxes {xml} is for a {declared[0]}x{declared[1]} image, but {p} is "
                                 f"{sizes[i][0]}x{sizes[i][1]}: the boxes do not match the images")
