@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clipcompare.cli.common import add_model_args, int_at_least, label_list, model_specs, print_json
 from clipcompare.models.spec import DEFAULT_MODELS
+from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_TOTAL
 
 METHOD_NAMES = ("gradcam", "gradcam++", "scorecam", "eigencam")  # clipcompare.explain.METHODS, without torch
 
@@ -38,10 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bounding boxes: the ILSVRC2012 val XML folder, or a CSV 'path,x0,y0,x1,y1[,class]'")
     p.add_argument("--run", type=Path, metavar="RUN_DIR", dest="run_dir",
                    help="explain the images of an evaluate run's \"only one model right\" galleries")
-    p.add_argument("--gallery-per-class", type=int_at_least(1), default=2, metavar="N",
-                   help="with --run: as report's option of that name (default 2)")
-    p.add_argument("--gallery-size", type=int_at_least(0), default=16, metavar="N",
-                   help="with --run: as report's option of that name (default 16)")
+    p.add_argument("--gallery-per-class", type=int_at_least(1), default=GALLERY_PER_CLASS, metavar="N",
+                   help=f"with --run: as report's option of that name (default {GALLERY_PER_CLASS})")
+    p.add_argument("--gallery-size", type=int_at_least(0), default=GALLERY_TOTAL, metavar="N",
+                   help=f"with --run: as report's option of that name (default {GALLERY_TOTAL})")
     p.add_argument("--templates", default=None, metavar="single|openai|dataset|FILE",
                    help="CLIP prompt templates (default: openai's 80; with --run: the run's; dataset: each wds= set's "
                    "own zeroshot_classification_templates.txt, openai's where it has none)")

@@ -16,11 +16,9 @@ import numpy as np
 
 from clipcompare.errors import UserError
 from clipcompare.evaluation.metrics import top_column, top_matrix
+from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_SEED, GALLERY_TOTAL
 
-# the report's defaults (ReportOptions): thumbnails per true class and per gallery, the seed
-GALLERY_PER_CLASS = 2
-GALLERY_TOTAL = 16
-GALLERY_SEED = 0
+__all__ = ["GALLERY_PER_CLASS", "GALLERY_SEED", "GALLERY_TOTAL", "DatasetGallery", "gallery_images", "pick_gallery"]
 
 
 def pick_gallery(candidates: np.ndarray, targets: np.ndarray, per_class: int, total: int, seed: int) -> np.ndarray:

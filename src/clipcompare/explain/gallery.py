@@ -14,10 +14,11 @@ from clipcompare.evaluation.galleries import GALLERY_PER_CLASS, GALLERY_TOTAL, g
 from clipcompare.explain.boxes import read_boxes
 from clipcompare.explain.run import BATCH, ImageItem, explain, explain_model
 from clipcompare.models.classifier import Classifier
+from clipcompare.rundir import EXPLAIN_DIR
 
 log = logging.getLogger(__name__)
 
-OUT_NAME = "explain"  # RUN_DIR/explain/<dataset>/explain.json
+OUT_NAME = EXPLAIN_DIR  # RUN_DIR/explain/<dataset>/explain.json
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

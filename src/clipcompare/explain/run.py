@@ -33,11 +33,12 @@ from clipcompare.explain.pointing import TOLERANCE_PX, energy_inside, peak, poin
 from clipcompare.fileio import atomic_path, atomic_write_bytes, make_dirs
 from clipcompare.models.build_info import BuildInfo
 from clipcompare.models.classifier import Classifier, ClipClassifier
+from clipcompare.rundir import EXPLAIN_RESULT
 
 log = logging.getLogger(__name__)
 
 BATCH = 16  # images per forward + backward
-RESULT_FILE = "explain.json"
+RESULT_FILE = EXPLAIN_RESULT
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from clipcompare.errors import UserError
+from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_SEED, GALLERY_TOTAL
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,11 @@ log = logging.getLogger(__name__)
 class ReportOptions:
     """Bounds that keep a report of a 50,000-image run small and quick to open."""
 
-    gallery_per_class: int = 2  # thumbnails per true class in one gallery
-    gallery_total: int = 16  # thumbnails per gallery
+    gallery_per_class: int = GALLERY_PER_CLASS  # thumbnails per true class in one gallery
+    gallery_total: int = GALLERY_TOTAL  # thumbnails per gallery
     thumb_px: int = 128  # longest side of a thumbnail
     thumb_quality: int = 80  # JPEG quality of thumbnails
-    seed: int = 0  # the galleries' fixed random choice
+    seed: int = GALLERY_SEED  # the galleries' fixed random choice
     labelled_classes: int = 8  # classes named in a per-class scatter (furthest from the diagonal)
     listed: int = 5  # rows in "wins by most" / "most confused" tables
     retrieval_examples: int = 4  # captions shown from a train run

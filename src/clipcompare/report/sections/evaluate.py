@@ -45,6 +45,7 @@ from clipcompare.report.blocks import (
     run_label,
     thumbnail,
 )
+from clipcompare.rundir import EXPLAIN_DIR, EXPLAIN_RESULT
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +127,11 @@ def dataset_blocks(name: str, entry: dict[str, Any], path: Path, options: Report
         blocks += severity_blocks(targets, tops, indices)
     blocks.append(confusion_table(entry, models, options.listed))
     root = Path(entry.get("root", ""))
-    explained = explained_images(path.parent.parent / "explain" / name)
-    if explained:
+    result, explained = explained_images(path.parent.parent / EXPLAIN_DIR / name)
+    if result is not None:
         from clipcompare.report.sections.explain import pointing_table
 
-        folder = next(iter(explained.values()))[0]
-        table = pointing_table(read_json(folder / "explain.json"), "pointing game of the gallery images (explain --run)")
+        table = pointing_table(result, "pointing game of the gallery images (explain --run)")
         if table is not None:
             blocks.append(table)
     for comparison in entry.get("comparisons", []):
@@ -141,14 +141,14 @@ def dataset_blocks(name: str, entry: dict[str, Any], path: Path, options: Report
     return blocks
 
 
-def explained_images(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """``explain --run``'s images of one dataset by their key: (its output folder, its explain.json entry)."""
-    from clipcompare.explain import RESULT_FILE
-
-    if not (folder / RESULT_FILE).is_file():
-        return {}
-    result = read_json(folder / RESULT_FILE)
-    return {e["key"]: (folder, e) for e in result.get("images", []) if e.get("key") is not None and e.get("maps")}
+def explained_images(folder: Path) -> tuple[dict[str, Any] | None, dict[str, tuple[Path, dict[str, Any]]]]:
+    """``explain --run``'s explain.json of one dataset (None when not explained), read once, and its images by
+    their key: (its output folder, its explain.json entry)."""
+    if not (folder / EXPLAIN_RESULT).is_file():
+        return None, {}
+    result = read_json(folder / EXPLAIN_RESULT)
+    return result, {e["key"]: (folder, e) for e in result.get("images", [])
+                    if e.get("key") is not None and e.get("maps")}
 
 
 def map_thumbs(explained: tuple[Path, dict[str, Any]] | None, image_path: Path, models: Sequence[str],
