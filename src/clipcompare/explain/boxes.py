@@ -22,6 +22,11 @@ from pathlib import Path
 from clipcompare.classes import ClassSet
 from clipcompare.errors import UserError
 
+
+class NoBoxMatch(UserError):
+    """The boxes file has no box for any of the images (``explain --run`` allows this per dataset)."""
+
+
 CSV_HEADERS = (["path", "x0", "y0", "x1", "y1"], ["path", "x0", "y0", "x1", "y1", "class"])
 
 
@@ -65,7 +70,7 @@ def read_boxes(source: Path, paths: Sequence[Path], sizes: Sequence[tuple[int, i
     else:
         raise UserError(f"--boxes {source}: no such file or folder")
     if not any(boxes):
-        raise UserError(f"--boxes {source} has no box for any of the {len(paths)} images "
+        raise NoBoxMatch(f"--boxes {source} has no box for any of the {len(paths)} images "
                         f"(first image: {paths[0] if paths else '-'}); it does not match the images")
     return boxes
 

@@ -58,6 +58,20 @@ class ExplainModel:
         return next(self.logits.parameters()).device
 
 
+def ready_models(classifiers: Sequence[Classifier], classes: ClassSet, layer: str | None,
+                 notes: list[str], where: str = "") -> list[ExplainModel]:
+    """ExplainModels of the classifiers that can score ``classes``; each other one skipped with a note in
+    ``notes`` (prefixed ``where: ``)."""
+    models = []
+    for clf in classifiers:
+        reason = clf.supports(classes)
+        if reason:
+            notes.append(f"{where}: skipped {clf.name}: {reason}" if where else f"skipped {clf.name}: {reason}")
+        else:
+            models.append(explain_model(clf, classes, layer))
+    return models
+
+
 def explain_model(classifier: Classifier, classes: ClassSet, layer: str | None = None) -> ExplainModel:
     """A loaded :class:`Classifier` restricted to ``classes``, its target layer chosen (or ``layer``)."""
     target = find_layer(classifier.model, layer, model_name=classifier.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -139,14 +140,18 @@ class Report:
         return [(m, s.title) for s in self.sections for m in s.random_weights]
 
 
-def thumbnail(path: Path, options: ReportOptions) -> tuple[bytes | None, str]:
-    """A small JPEG of the image at ``path`` (longest side ``thumb_px``), or None and the reason."""
+def thumbnail(path: Path, options: ReportOptions, open_image: Callable[[], Any] | None = None) -> tuple[bytes | None, str]:
+    """A small JPEG of the image at ``path`` (or the PIL image ``open_image()`` returns: a dataset's own
+    reading), longest side ``thumb_px``; or None and the reason."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (options.thumb_px * 2, options.thumb_px * 2))  # JPEG: decode at a reduced scale
-            img = img.convert("RGB")
+        if open_image is not None:
+            img = open_image()
+        else:
+            with Image.open(path) as img:
+                img.draft("RGB", (options.thumb_px * 2, options.thumb_px * 2))  # JPEG: decode at a reduced scale
+                img = img.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - a moved or unreadable image leaves an empty tile, not a failed report
         log.warning("no thumbnail for %s: %s", path, exc)
         return None, f"{type(exc).__name__}: {exc}"
