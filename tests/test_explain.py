@@ -565,3 +565,42 @@ def test_boxes_give_the_pointing_table_in_json_terminal_and_report(tmp_path, cap
     table = next(b for b in section.blocks if getattr(b, "role", "") == "pointing")
     assert [c.value for c in table.rows[0][1:3]] == [2, stats["hits"]]
     assert sum(1 for b in section.blocks if b.kind == "figure") == 2
+
+
+def test_explain_run_checks_the_boxes_before_loading_any_model(tmp_path, monkeypatch, capsys):
+    import report_runs
+    from clipcompare.cli import explain_cmd
+
+    run, _ = report_runs.make_evaluate_run(tmp_path, per_class=2)
+    loaded = []
+    monkeypatch.setattr(explain_cmd, "_load", lambda *a, **k: loaded.append(a) or [])
+    (tmp_path / "boxes.csv").write_text("path,x0,y0,x1,y1\nelsewhere.jpg,1,1,5,5\n")
+    assert main(["explain", "--run", str(run), "--allow-random", "--boxes", str(tmp_path / "boxes.csv")]) == 2
+    assert "has no box for any gallery image of" in _error(capsys)
+    assert not loaded and _nothing_written(run / "explain")
+
+
+def test_a_runs_dataset_is_read_again_as_evaluate_read_it(tmp_path, caplog):
+    from clipcompare.data import build_dataset, parse_dataset_arg
+    from clipcompare.evaluation.galleries import run_dataset
+    from test_objectnet import make_objectnet
+
+    root, plain = make_objectnet(tmp_path)
+    scanned = build_dataset(parse_dataset_arg(f"objectnet={root}"))
+    run = tmp_path / "run"
+    run.mkdir()
+    # as evaluate records it: the scanned root (ObjectNet's images/ folder)
+    (run / "run.json").write_text(json.dumps({"datasets": [
+        {"name": "objectnet", "kind": "objectnet", "root": str(scanned.root.resolve())}]}))
+    source = run_dataset(run, "objectnet")
+    key = scanned.samples[0].path
+    folder, name = key.split("/")
+    unframed = np.asarray(Image.open(plain / folder.replace("_", " ") / name).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(source.open(key)), unframed)  # the 1-pixel frame cropped
+    flat = ClassSet(scanned.classes.names)
+    assert source.classes(flat).imagenet_groups == scanned.classes.imagenet_groups is not None
+    # the release moved its mappings away: the image file as it is, the predictions' classes
+    (root / "objectnet-1.0" / "mappings").rename(tmp_path / "gone")
+    moved = run_dataset(run, "objectnet")
+    assert np.asarray(moved.open(key)).shape == (unframed.shape[0] + 2, unframed.shape[1] + 2, 3)
+    assert moved.classes(flat) is flat and "cannot be read again" in caplog.text

@@ -65,12 +65,20 @@ class RunDataset:
 
         if self.spec is None:
             return None
-        try:
-            return build_dataset(self.spec, self.limit_per_class)
-        except Exception as exc:  # noqa: BLE001 - a moved dataset leaves its tiles without images, not a failure
-            log.warning("dataset %s (%s) cannot be read again (%s); opening its images as files under %s",
-                        self.name, self.spec.display, exc, self.root)
-            return None
+        # run.json holds the scanned root, which for ObjectNet is the release's images/ folder: its parent
+        # is the folder `--dataset objectnet=` named; the sample keys are relative to images/ either way
+        first: Exception | None = None
+        for root in (self.spec.root, self.spec.root.parent):
+            try:
+                ds = build_dataset(DatasetSpec(self.spec.kind, root, self.spec.option, self.name), self.limit_per_class)
+            except Exception as exc:  # noqa: BLE001 - a moved dataset leaves its tiles without images, not a failure
+                first = first or exc
+                continue
+            if ds.root.resolve() == self.root.resolve():
+                return ds
+        log.warning("dataset %s (%s) cannot be read again (%s); opening its images as files under %s",
+                    self.name, self.spec.display, first or "another root", self.root)
+        return None
 
     def open(self, key: str) -> Any:
         """The image stored under ``key`` in the predictions, as a PIL image (raises when it cannot be read)."""
