@@ -604,3 +604,24 @@ def test_a_runs_dataset_is_read_again_as_evaluate_read_it(tmp_path, caplog):
     moved = run_dataset(run, "objectnet")
     assert np.asarray(moved.open(key)).shape == (unframed.shape[0] + 2, unframed.shape[1] + 2, 3)
     assert moved.classes(flat) is flat and "cannot be read again" in caplog.text
+
+
+def test_a_wds_runs_images_open_from_their_shards(tmp_path):
+    from clipcompare.data import build_dataset, parse_dataset_arg
+    from clipcompare.evaluation.galleries import run_dataset
+    from test_wds import CLASSES, TEMPLATES, export_folder
+
+    folder = tmp_path / "folder"
+    for k, c in enumerate(CLASSES):
+        make_image(folder / c / "x.png", (40, 30), seed=k)
+    scanned = build_dataset(parse_dataset_arg(f"wds={export_folder(folder, tmp_path / 'wds', CLASSES)}"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"datasets": [
+        {"name": "wds", "kind": "wds", "root": str(scanned.root.resolve()), "option": None}]}))
+    source = run_dataset(tmp_path / "run", "wds")
+    for sample, c in zip(scanned.samples, CLASSES):  # keys such as 0.tar/s0000000: no file under root
+        assert not (source.root / sample.path).is_file()
+        expected = np.asarray(Image.open(folder / c / "x.png").convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(source.open(sample.path)), expected)
+    templates = source.classes(ClassSet(tuple(CLASSES))).templates  # the set's own, for --templates dataset
+    assert templates == scanned.classes.templates and len(templates) == len(TEMPLATES)
