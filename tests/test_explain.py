@@ -134,6 +134,22 @@ def test_layers_of_timm_and_transformers_towers_by_structure():
     assert find_layer(resnet, "layer3[-1]").name == f"layer3.{len(resnet.layer3) - 1}"
 
 
+def test_a_swin_is_explained_at_its_last_stage_channels_last_permuted():
+    timm = pytest.importorskip("timm")
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=32, patch_size=4,
+                             embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2).eval()
+    layer = find_layer(swin)
+    assert layer.name == "layers.1.blocks.0.norm1" and layer.module is swin.layers[-1].blocks[-1].norm1
+    x = torch.rand(2, 3, 32, 32)
+    ours, _ = compute_maps(swin, layer, [x], [0, 2])
+    # grad-cam's Swin recipe on timm's [B, H, W, C] norm1 output: channels-last to NCHW
+    expected = GradCAM(model=swin, target_layers=[swin.layers[-1].blocks[-1].norm1],
+                       reshape_transform=lambda t: t.permute(0, 3, 1, 2))(
+        input_tensor=x, targets=[ClassifierOutputTarget(0), ClassifierOutputTarget(2)])
+    np.testing.assert_allclose(ours, expected, atol=2e-5)
+    assert ours.max() > 0.99
+
+
 def test_a_model_with_no_layer_to_explain_names_layer():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     with pytest.raises(UserError, match="--layer") as err:
@@ -275,6 +291,25 @@ def test_crop_and_resize_are_undone_by_hand():
     assert resized_size(375, 500, 224, "squash") == (224, 224)
 
 
+def test_a_squash_then_centre_crop_is_undone_by_hand():
+    # timm crop_pct 0.875, crop_mode squash: 200x100 squashed to 64x64, centre crop 56 (offset 4)
+    geo = CropGeometry.from_build(100, 200, _build(64, 56, "squash"))
+    assert (geo.resized_width, geo.resized_height, geo.left, geo.top, geo.crop_width) == (64, 64, 4, 4, 56)
+    # the crop's top-left pixel: resized pixel (4, 4) → original x (4.5 * 200/64) - 0.5, y (4.5 * 100/64) - 0.5
+    assert geo.input_to_original(0, 0) == pytest.approx((4.5 * 200 / 64 - 0.5, 4.5 * 100 / 64 - 0.5))
+    assert geo.visible_box() == pytest.approx((4 * 200 / 64, 4 * 100 / 64, 60 * 200 / 64, 60 * 100 / 64))
+    # the same through torchvision: a marked crop pixel lands where the geometry says
+    img = np.zeros((100, 200, 3), dtype=np.uint8)
+    img[40:60, 150:170] = 255
+    x = transforms.Compose([transforms.Resize((64, 64)), transforms.CenterCrop(56), transforms.ToTensor()])(
+        Image.fromarray(img))[0].numpy()
+    back = geo.to_original(x)
+    assert back[45:55, 155:165].min() > 0.9 and back[:, :140].max() == 0
+    # a squash with no smaller crop stays the plain resize
+    plain = CropGeometry.from_build(100, 200, _build(64, 64, "squash"))
+    assert (plain.left, plain.top, plain.crop_width, plain.crop_height) == (0, 0, 64, 64)
+
+
 class RedDetector(nn.Module):
     """Class 0 = how red the image is: Grad-CAM of class 0 is the red channel's excess, so it peaks on red."""
 
@@ -314,6 +349,36 @@ def test_a_cropped_models_map_lands_on_the_right_pixels_of_the_original(tmp_path
     assert maps["cropped"].shape == maps["squashed"].shape == (100, 200)
     assert maps["cropped"][:, :55].max() == 0  # left of the crop: never seen by the cropped model
     assert maps["cropped"][45:55, 105:115].min() > 0.5 and maps["squashed"][45:55, 105:115].min() > 0.5
+
+
+def test_boxes_of_class_0_label_the_target_as_the_true_class(tmp_path):
+    img = np.full((40, 40, 3), 128, dtype=np.uint8)
+    img[5:15, 5:15] = (255, 0, 0)
+    net = RedDetector()
+    model = ExplainModel("red", net, transforms.ToTensor(), TargetLayer("features", net.features))
+    result = explain([model], [ImageItem(tmp_path / "r.png", Image.fromarray(img))], ClassSet(("red", "other")),
+                     boxes=[[Box(0, 0, 20, 20, 0)]])  # class index 0: falsy, still the true class
+    assert result["target"] == "true class (boxes)"
+    assert result["images"][0]["models"]["red"]["target"] == "true class"
+    assert result["pointing"]["red"]["hits"] == 1
+
+
+def test_a_failing_later_batch_keeps_the_earlier_batches_files(tmp_path):
+    net = RedDetector()
+    seen = []
+
+    def preprocess(image):
+        seen.append(image)
+        if len(seen) == 3:
+            raise RuntimeError("the third image breaks")
+        return transforms.functional.to_tensor(image)
+
+    model = ExplainModel("red", net, preprocess, TargetLayer("features", net.features))
+    items = [ImageItem(tmp_path / f"{k}.png", Image.new("RGB", (20, 20), (200, 10 * k, 0))) for k in range(3)]
+    with pytest.raises(RuntimeError, match="third image"):
+        explain([model], items, ClassSet(("red", "other")), out=tmp_path / "out", batch_size=1)
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
+        "0000-0.npz", "0000-0.png", "0001-1.npz", "0001-1.png"]
 
 
 # --------------------------------------------------------------------------- the command
@@ -421,6 +486,9 @@ def test_boxes_that_do_not_match_the_images_are_one_line(tmp_path, capsys):
                                "</bndbox></object></annotation>")
     assert main([*argv, str(xml)]) == 2
     assert "is for a 500x375 image" in _error(capsys)
+    (xml / "a.xml").write_text("<annotation><size><width></width><height>80</height></size></annotation>")
+    assert main([*argv, str(xml)]) == 2
+    assert "its <size> has no numeric <width>/<height>" in _error(capsys)
     assert _nothing_written(out)
 
 
@@ -497,3 +565,63 @@ def test_boxes_give_the_pointing_table_in_json_terminal_and_report(tmp_path, cap
     table = next(b for b in section.blocks if getattr(b, "role", "") == "pointing")
     assert [c.value for c in table.rows[0][1:3]] == [2, stats["hits"]]
     assert sum(1 for b in section.blocks if b.kind == "figure") == 2
+
+
+def test_explain_run_checks_the_boxes_before_loading_any_model(tmp_path, monkeypatch, capsys):
+    import report_runs
+    from clipcompare.cli import explain_cmd
+
+    run, _ = report_runs.make_evaluate_run(tmp_path, per_class=2)
+    loaded = []
+    monkeypatch.setattr(explain_cmd, "_load", lambda *a, **k: loaded.append(a) or [])
+    (tmp_path / "boxes.csv").write_text("path,x0,y0,x1,y1\nelsewhere.jpg,1,1,5,5\n")
+    assert main(["explain", "--run", str(run), "--allow-random", "--boxes", str(tmp_path / "boxes.csv")]) == 2
+    assert "has no box for any gallery image of" in _error(capsys)
+    assert not loaded and _nothing_written(run / "explain")
+
+
+def test_a_runs_dataset_is_read_again_as_evaluate_read_it(tmp_path, caplog):
+    from clipcompare.data import build_dataset, parse_dataset_arg
+    from clipcompare.evaluation.galleries import run_dataset
+    from test_objectnet import make_objectnet
+
+    root, plain = make_objectnet(tmp_path)
+    scanned = build_dataset(parse_dataset_arg(f"objectnet={root}"))
+    run = tmp_path / "run"
+    run.mkdir()
+    # as evaluate records it: the scanned root (ObjectNet's images/ folder)
+    (run / "run.json").write_text(json.dumps({"datasets": [
+        {"name": "objectnet", "kind": "objectnet", "root": str(scanned.root.resolve())}]}))
+    source = run_dataset(run, "objectnet")
+    key = scanned.samples[0].path
+    folder, name = key.split("/")
+    unframed = np.asarray(Image.open(plain / folder.replace("_", " ") / name).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(source.open(key)), unframed)  # the 1-pixel frame cropped
+    flat = ClassSet(scanned.classes.names)
+    assert source.classes(flat).imagenet_groups == scanned.classes.imagenet_groups is not None
+    # the release moved its mappings away: the image file as it is, the predictions' classes
+    (root / "objectnet-1.0" / "mappings").rename(tmp_path / "gone")
+    moved = run_dataset(run, "objectnet")
+    assert np.asarray(moved.open(key)).shape == (unframed.shape[0] + 2, unframed.shape[1] + 2, 3)
+    assert moved.classes(flat) is flat and "cannot be read again" in caplog.text
+
+
+def test_a_wds_runs_images_open_from_their_shards(tmp_path):
+    from clipcompare.data import build_dataset, parse_dataset_arg
+    from clipcompare.evaluation.galleries import run_dataset
+    from test_wds import CLASSES, TEMPLATES, export_folder
+
+    folder = tmp_path / "folder"
+    for k, c in enumerate(CLASSES):
+        make_image(folder / c / "x.png", (40, 30), seed=k)
+    scanned = build_dataset(parse_dataset_arg(f"wds={export_folder(folder, tmp_path / 'wds', CLASSES)}"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"datasets": [
+        {"name": "wds", "kind": "wds", "root": str(scanned.root.resolve()), "option": None}]}))
+    source = run_dataset(tmp_path / "run", "wds")
+    for sample, c in zip(scanned.samples, CLASSES):  # keys such as 0.tar/s0000000: no file under root
+        assert not (source.root / sample.path).is_file()
+        expected = np.asarray(Image.open(folder / c / "x.png").convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(source.open(sample.path)), expected)
+    templates = source.classes(ClassSet(tuple(CLASSES))).templates  # the set's own, for --templates dataset
+    assert templates == scanned.classes.templates and len(templates) == len(TEMPLATES)

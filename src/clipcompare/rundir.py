@@ -1,7 +1,8 @@
 """A run directory's lock and provenance, shared by ``evaluate``, ``retrieval`` and ``train``.
 
 One process at a time writes a run directory (:class:`RunLock`); :func:`now_iso` and
-:func:`versions` are what run.json / retrieval.json record about when and with what it ran.
+:func:`versions` are what run.json / retrieval.json record about when and with what it ran; the
+constants below are the names and defaults that one command's run directory shares with another's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from clipcompare.errors import UserError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".clipcompare.lock"
+# shared by evaluate's galleries, `explain --run` and the report, here so the CLI's defaults need no torch:
+GALLERY_PER_CLASS = 2  # the report's "only X right" galleries: thumbnails per true class,
+GALLERY_TOTAL = 16  # per gallery,
+GALLERY_SEED = 0  # and the seed of their fixed random choice
+EXPLAIN_DIR = "explain"  # `explain --run RUN_DIR` writes RUN_DIR/explain/<dataset>/,
+EXPLAIN_RESULT = "explain.json"  # and every explain output folder holds explain.json
 
 
 def now_iso() -> str:

@@ -119,13 +119,13 @@ def _explain(evaluate_dir: Path, specs, device) -> None:
     """`explain --run` of the evaluate run: the report's galleries then show both models' maps."""
     from clipcompare.cache import default_cache_dir
     from clipcompare.cli.explain_cmd import format_result
-    from clipcompare.explain.gallery import explain_run, run_models
+    from clipcompare.explain.gallery import explain_run, plan_run, run_models
     from clipcompare.models.classifier import create_classifiers
 
     _, _, templates = run_models(evaluate_dir)
     classifiers = create_classifiers(specs, templates=templates, cache_dir=default_cache_dir(), allow_random=True,
                                      device=device)
-    print("\n".join(format_result(explain_run(evaluate_dir, classifiers))))
+    print("\n".join(format_result(explain_run(plan_run(evaluate_dir), classifiers))))
 
 
 # the demo's renditions as the shifts they imitate, to mark its models on the published map

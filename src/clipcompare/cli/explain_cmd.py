@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clipcompare.cli.common import add_model_args, int_at_least, label_list, model_specs, print_json
 from clipcompare.models.spec import DEFAULT_MODELS
+from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_TOTAL
 
 METHOD_NAMES = ("gradcam", "gradcam++", "scorecam", "eigencam")  # clipcompare.explain.METHODS, without torch
 
@@ -38,12 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bounding boxes: the ILSVRC2012 val XML folder, or a CSV 'path,x0,y0,x1,y1[,class]'")
     p.add_argument("--run", type=Path, metavar="RUN_DIR", dest="run_dir",
                    help="explain the images of an evaluate run's \"only one model right\" galleries")
-    p.add_argument("--gallery-per-class", type=int_at_least(1), default=2, metavar="N",
-                   help="with --run: as report's option of that name (default 2)")
-    p.add_argument("--gallery-size", type=int_at_least(0), default=16, metavar="N",
-                   help="with --run: as report's option of that name (default 16)")
-    p.add_argument("--templates", default=None,
-                   help="prompt templates for CLIP models: single, openai (default; with --run: the run's) or a file")
+    p.add_argument("--gallery-per-class", type=int_at_least(1), default=GALLERY_PER_CLASS, metavar="N",
+                   help=f"with --run: as report's option of that name (default {GALLERY_PER_CLASS})")
+    p.add_argument("--gallery-size", type=int_at_least(0), default=GALLERY_TOTAL, metavar="N",
+                   help=f"with --run: as report's option of that name (default {GALLERY_TOTAL})")
+    p.add_argument("--templates", default=None, metavar="single|openai|dataset|FILE",
+                   help="CLIP prompt templates (default: openai's 80; with --run: the run's; dataset: each wds= set's "
+                   "own zeroshot_classification_templates.txt, openai's where it has none)")
     p.add_argument("--batch-size", type=int_at_least(1), default=16, metavar="N", help="images per batch (default 16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-random", action="store_true",
@@ -86,23 +88,6 @@ def _load(args: argparse.Namespace, specs, templates: str, allow_random: bool):
                               device=device)
 
 
-def _ready(classifiers, classes, layer, notes: list[str]):
-    """ExplainModels for the classifiers that can score ``classes`` (the others skipped with a note)."""
-    from clipcompare.errors import UserError
-    from clipcompare.explain import explain_model
-
-    models = []
-    for clf in classifiers:
-        reason = clf.supports(classes)
-        if reason:
-            notes.append(f"skipped {clf.name}: {reason}")
-            continue
-        models.append(explain_model(clf, classes, layer))
-    if not models:
-        raise UserError("no model can explain these classes: " + "; ".join(notes))
-    return models
-
-
 def _explain_images(args: argparse.Namespace) -> dict:
     from clipcompare.classes import ClassSet
     from clipcompare.classify import read_inputs
@@ -110,6 +95,7 @@ def _explain_images(args: argparse.Namespace) -> dict:
     from clipcompare.errors import UserError
     from clipcompare.explain import ImageItem, explain
     from clipcompare.explain.boxes import class_position, read_boxes
+    from clipcompare.explain.run import ready_models
     from clipcompare.rundir import RunLock
 
     ensure_out_dir(args.out)
@@ -126,7 +112,9 @@ def _explain_images(args: argparse.Namespace) -> dict:
     notes: list[str] = []
     with RunLock(args.out, "clipcompare explain"):
         classifiers = _load(args, model_specs(args), args.templates or "openai", args.allow_random)
-        models = _ready(classifiers, classes, args.layer, notes)
+        models = ready_models(classifiers, classes, args.layer, notes)
+        if not models:
+            raise UserError("no model can explain these classes: " + "; ".join(notes))
         notes += [f"{m.name}: random weights (its maps are meaningless)" for m in models if not m.pretrained]
         if skipped:
             notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
@@ -138,18 +126,19 @@ def _explain_images(args: argparse.Namespace) -> dict:
 
 
 def _explain_run(args: argparse.Namespace) -> dict:
-    from clipcompare.explain.gallery import OUT_NAME, explain_run, run_models
+    from clipcompare.explain.gallery import OUT_NAME, explain_run, plan_run, run_models
     from clipcompare.rundir import RunLock
 
     specs, random, templates = run_models(args.run_dir)
     if args.models:
         specs, random = model_specs(args), False
     out = args.out or args.run_dir / OUT_NAME
+    # the gallery images and the boxes are read (a mismatch refused) before minutes of model loading
+    plan = plan_run(args.run_dir, boxes=args.boxes, per_class=args.gallery_per_class, total=args.gallery_size)
     with RunLock(out, "clipcompare explain"):
         # the run's models random where the run's were (seeded: the very weights it evaluated)
         classifiers = _load(args, specs, args.templates or templates, args.allow_random or random)
-        return explain_run(args.run_dir, classifiers, out=out, method=args.method, layer=args.layer,
-                           boxes=args.boxes, per_class=args.gallery_per_class, total=args.gallery_size,
+        return explain_run(plan, classifiers, out=out, method=args.method, layer=args.layer,
                            batch_size=args.batch_size)
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from clipcompare.cli.common import int_at_least
+from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_TOTAL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", action="store_true",
                    help="also write a Markdown report (same name, .md) with its PNGs in <name>_files/ beside it")
     p.add_argument("--title", default="clipcompare report", help="the page title")
-    p.add_argument("--gallery-per-class", type=int_at_least(1), default=2, metavar="N",
-                   help="thumbnails per true class in a gallery (default 2)")
-    p.add_argument("--gallery-size", type=int_at_least(0), default=16, metavar="N",
-                   help="thumbnails per gallery at most (default 16)")
+    p.add_argument("--gallery-per-class", type=int_at_least(1), default=GALLERY_PER_CLASS, metavar="N",
+                   help=f"thumbnails per true class in a gallery (default {GALLERY_PER_CLASS})")
+    p.add_argument("--gallery-size", type=int_at_least(0), default=GALLERY_TOTAL, metavar="N",
+                   help=f"thumbnails per gallery at most (default {GALLERY_TOTAL})")
     p.set_defaults(run=_run)
 
 

@@ -68,6 +68,13 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def open_image(self, path: str) -> Any:
+        """Sample ``path`` (as stored in the predictions) decoded as evaluate decodes it: its file under
+        root or its bytes from the reader (tar shards), RGB, the border cropped; a PIL image."""
+        from clipcompare.data.decode import decode_cropped
+
+        return decode_cropped(self.root / path if self.reader is None else self.reader.open(path), self.border)
+
     @property
     def classes_present(self) -> int:
         """How many classes have at least one image (a sample of ImageNet may cover only a few)."""

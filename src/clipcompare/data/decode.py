@@ -70,15 +70,22 @@ class SampleReader(Protocol):
         ...
 
 
-def decode_and_transform(path: "Path | BinaryIO", transforms: Sequence[Transform],
-                         border: int = 0) -> tuple[torch.Tensor, ...]:
-    """What ``--decode cpu`` produces for one image: one PIL decode, ``border`` pixels cropped from
-    every side (ObjectNet's frame), every model's transform."""
+def decode_cropped(path: "Path | BinaryIO", border: int = 0) -> Image.Image:
+    """One image as every model of a run sees it before its transform: RGB, ``border`` pixels cropped
+    from every side (ObjectNet's frame)."""
     img = load_rgb(path)
     if border:
         from PIL import ImageOps
 
         img = ImageOps.crop(img, border)
+    return img
+
+
+def decode_and_transform(path: "Path | BinaryIO", transforms: Sequence[Transform],
+                         border: int = 0) -> tuple[torch.Tensor, ...]:
+    """What ``--decode cpu`` produces for one image: one PIL decode, ``border`` pixels cropped from
+    every side (ObjectNet's frame), every model's transform."""
+    img = decode_cropped(path, border)
     return tuple(t(img) for t in transforms)
 
 

@@ -7,6 +7,7 @@ very same images from the same run directory.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from clipcompare.classes import ClassSet
+from clipcompare.data.base import DatasetSpec, ImageDataset
 from clipcompare.errors import UserError
 from clipcompare.evaluation.metrics import top_column, top_matrix
+from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_SEED, GALLERY_TOTAL
 
-# the report's defaults (ReportOptions): thumbnails per true class and per gallery, the seed
-GALLERY_PER_CLASS = 2
-GALLERY_TOTAL = 16
-GALLERY_SEED = 0
+__all__ = ["GALLERY_PER_CLASS", "GALLERY_SEED", "GALLERY_TOTAL", "DatasetGallery", "RunDataset", "gallery_images",
+           "pick_gallery", "run_dataset"]
+
+log = logging.getLogger(__name__)
 
 
 def pick_gallery(candidates: np.ndarray, targets: np.ndarray, per_class: int, total: int, seed: int) -> np.ndarray:
@@ -39,6 +43,69 @@ def pick_gallery(candidates: np.ndarray, targets: np.ndarray, per_class: int, to
 
 
 @dataclass
+class RunDataset:
+    """One dataset of an evaluate run, rebuilt from run.json's entry on first use, so its images open as
+    evaluate read them (a ``wds=`` sample from its tar shard, ObjectNet's border cropped) and its classes
+    keep their groups and templates. When it cannot be rebuilt (its files moved), an image is the file
+    ``root / key`` and the classes are the predictions' (``fallback``)."""
+
+    name: str
+    root: Path
+    spec: DatasetSpec | None = None
+    limit_per_class: int | None = None
+    _built: list[ImageDataset | None] = field(default_factory=list, repr=False)  # [] until first use
+
+    def dataset(self) -> ImageDataset | None:
+        if not self._built:
+            self._built.append(self._build())
+        return self._built[0]
+
+    def _build(self) -> ImageDataset | None:
+        from clipcompare.data.registry import build_dataset
+
+        if self.spec is None:
+            return None
+        # run.json holds the scanned root, which for ObjectNet is the release's images/ folder: its parent
+        # is the folder `--dataset objectnet=` named; the sample keys are relative to images/ either way
+        first: Exception | None = None
+        for root in (self.spec.root, self.spec.root.parent):
+            try:
+                ds = build_dataset(DatasetSpec(self.spec.kind, root, self.spec.option, self.name), self.limit_per_class)
+            except Exception as exc:  # noqa: BLE001 - a moved dataset leaves its tiles without images, not a failure
+                first = first or exc
+                continue
+            if ds.root.resolve() == self.root.resolve():
+                return ds
+        log.warning("dataset %s (%s) cannot be read again (%s); opening its images as files under %s",
+                    self.name, self.spec.display, first or "another root", self.root)
+        return None
+
+    def open(self, key: str) -> Any:
+        """The image stored under ``key`` in the predictions, as a PIL image (raises when it cannot be read)."""
+        from clipcompare.data.decode import load_rgb
+
+        ds = self.dataset()
+        return ds.open_image(key) if ds is not None else load_rgb(self.root / key)
+
+    def classes(self, fallback: ClassSet) -> ClassSet:
+        """The dataset's own ClassSet (groups, templates) when it has the same names as ``fallback``."""
+        ds = self.dataset()
+        return ds.classes if ds is not None and ds.classes.names == fallback.names else fallback
+
+
+def run_dataset(run_dir: Path, name: str, root: Path | None = None) -> RunDataset:
+    """Dataset ``name`` of the evaluate run in ``run_dir``, from its run.json entry (kind, root, option)."""
+    try:
+        run = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        run = {}
+    entry = next((d for d in run.get("datasets", []) if isinstance(d, dict) and d.get("name") == name), None)
+    root = Path(entry["root"]) if entry and entry.get("root") else Path(root or "")
+    spec = DatasetSpec(entry["kind"], root, entry.get("option"), name) if entry and entry.get("kind") else None
+    return RunDataset(name, root, spec, (run.get("settings") or {}).get("limit_per_class"))
+
+
+@dataclass
 class DatasetGallery:
     """One dataset's gallery images: (key as stored, file, true class index), the union over model pairs."""
 
@@ -47,6 +114,20 @@ class DatasetGallery:
     classes: list[str]
     imagenet_indices: list[int] | None
     items: list[tuple[str, Path, int]] = field(default_factory=list)
+    source: RunDataset | None = None  # where its images and classes come from
+
+    def class_set(self) -> ClassSet:
+        """The classes its predictions index: the run's dataset's own ClassSet, else rebuilt from the names."""
+        names = ClassSet(tuple(self.classes), tuple(self.imagenet_indices) if self.imagenet_indices is not None else None)
+        return self.source.classes(names) if self.source is not None else names
+
+    def open(self, key: str) -> Any:
+        """The image stored under ``key``, as a PIL image."""
+        if self.source is not None:
+            return self.source.open(key)
+        from clipcompare.data.decode import load_rgb
+
+        return load_rgb(self.root / key)
 
 
 def gallery_images(run_dir: Path, per_class: int = GALLERY_PER_CLASS, total: int = GALLERY_TOTAL,
@@ -69,7 +150,7 @@ def gallery_images(run_dir: Path, per_class: int = GALLERY_PER_CLASS, total: int
         df = table.to_pandas()
         targets = df["target"].to_numpy(dtype=np.int64)
         gallery = DatasetGallery(name, Path(entry.get("root", "")), list(meta.get("classes", [])),
-                                 meta.get("imagenet_indices"))
+                                 meta.get("imagenet_indices"), source=run_dataset(run_dir, name, entry.get("root")))
         chosen: set[int] = set()
         for comparison in entry.get("comparisons", []):
             a, b = comparison["models"]

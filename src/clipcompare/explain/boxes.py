@@ -22,6 +22,11 @@ from pathlib import Path
 from clipcompare.classes import ClassSet
 from clipcompare.errors import UserError
 
+
+class NoBoxMatch(UserError):
+    """The boxes file has no box for any of the images (``explain --run`` allows this per dataset)."""
+
+
 CSV_HEADERS = (["path", "x0", "y0", "x1", "y1"], ["path", "x0", "y0", "x1", "y1", "class"])
 
 
@@ -65,7 +70,7 @@ def read_boxes(source: Path, paths: Sequence[Path], sizes: Sequence[tuple[int, i
     else:
         raise UserError(f"--boxes {source}: no such file or folder")
     if not any(boxes):
-        raise UserError(f"--boxes {source} has no box for any of the {len(paths)} images "
+        raise NoBoxMatch(f"--boxes {source} has no box for any of the {len(paths)} images "
                         f"(first image: {paths[0] if paths else '-'}); it does not match the images")
     return boxes
 
@@ -147,7 +152,10 @@ def _read_ilsvrc(folder: Path, paths: Sequence[Path], sizes: Sequence[tuple[int,
             raise UserError(f"--boxes {xml}: not readable ILSVRC XML ({exc})") from None
         size = root.find("size")
         if size is not None:
-            declared = (int(float(size.findtext("width", "0"))), int(float(size.findtext("height", "0"))))
+            try:
+                declared = (int(float(size.findtext("width", "0"))), int(float(size.findtext("height", "0"))))
+            except ValueError:
+                raise UserError(f"--boxes {xml}: its <size> has no numeric <width>/<height>") from None
             if declared != tuple(sizes[i]):
                 raise UserError(f"--boxes {xml} is for a {declared[0]}x{declared[1]} image, but {p} is "
                                 f"{sizes[i][0]}x{sizes[i][1]}: the boxes do not match the images")

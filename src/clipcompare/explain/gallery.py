@@ -1,23 +1,29 @@
 """``explain --run``: the images of an evaluate run's "only one model right" galleries, explained into
-``RUN_DIR/explain/<dataset>/``, where the report finds them for its gallery tiles."""
+``RUN_DIR/explain/<dataset>/``, where the report finds them for its gallery tiles.
+
+:func:`plan_run` reads everything a user can get wrong (the run, its images, the boxes) before any model
+is loaded; :func:`explain_run` then explains each dataset's gallery images with that dataset's classes.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clipcompare.classes import ClassSet
 from clipcompare.errors import UserError
-from clipcompare.evaluation.galleries import GALLERY_PER_CLASS, GALLERY_TOTAL, gallery_images
-from clipcompare.explain.boxes import read_boxes
-from clipcompare.explain.run import BATCH, ImageItem, explain, explain_model
+from clipcompare.evaluation.galleries import GALLERY_PER_CLASS, GALLERY_TOTAL, DatasetGallery, gallery_images
+from clipcompare.explain.boxes import Box, NoBoxMatch, read_boxes
+from clipcompare.explain.run import BATCH, ImageItem, explain, ready_models
 from clipcompare.models.classifier import Classifier
+from clipcompare.rundir import EXPLAIN_DIR
 
 log = logging.getLogger(__name__)
 
-OUT_NAME = "explain"  # RUN_DIR/explain/<dataset>/explain.json
+OUT_NAME = EXPLAIN_DIR  # RUN_DIR/explain/<dataset>/explain.json
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -51,64 +57,84 @@ def run_models(run_dir: Path) -> tuple[list[str], bool, str]:
     return [spec_text(s) for s in stored], random, run.get("options", {}).get("templates") or "openai"
 
 
+@dataclass
+class GalleryJob:
+    """One dataset's gallery images, read, with its classes and (with --boxes) each image's boxes."""
+
+    name: str
+    classes: ClassSet
+    items: list[ImageItem]
+    boxes: list[list[Box]] | None = None
+
+
+@dataclass
+class RunPlan:
+    """What ``explain --run`` will explain, all read before any model loads; unreadable images counted."""
+
+    run_dir: Path
+    jobs: list[GalleryJob]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def plan_run(run_dir: Path, *, boxes: Path | None = None, per_class: int = GALLERY_PER_CLASS,
+             total: int = GALLERY_TOTAL) -> RunPlan:
+    """Every gallery image of ``run_dir``, read as evaluate read it (its dataset rebuilt from run.json), with
+    the dataset's own classes; ``boxes`` read for them. A boxes file with no box for any gallery image is a
+    UserError here, before any model is loaded."""
+    run_dir = Path(run_dir)
+    read_run(run_dir)
+    plan = RunPlan(run_dir, [])
+    for gallery in gallery_images(run_dir, per_class, total):
+        items = _read_items(gallery, plan.skipped)
+        if not items:
+            continue
+        job = GalleryJob(gallery.name, gallery.class_set(), items)
+        if boxes is not None:
+            try:
+                job.boxes = read_boxes(boxes, [it.path for it in items], [it.image.size for it in items], job.classes)
+            except NoBoxMatch:
+                job.boxes = None  # another dataset's images may have boxes
+        plan.jobs.append(job)
+    if boxes is not None and not any(job.boxes for job in plan.jobs):
+        raise UserError(f"--boxes {boxes} has no box for any gallery image of {run_dir}; it does not match the run")
+    return plan
+
+
+def _read_items(gallery: DatasetGallery, skipped: list[dict[str, str]]) -> list[ImageItem]:
+    items = []
+    for key, path, _ in gallery.items:
+        try:
+            items.append(ImageItem(path, gallery.open(key), key=key, dataset=gallery.name))
+        except Exception as exc:  # noqa: BLE001 - as evaluate: an unreadable image is skipped and counted
+            log.warning("skipping unreadable image %s: %s: %s", path, type(exc).__name__, exc)
+            skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+    return items
+
+
 def explain_run(
-    run_dir: Path,
+    plan: RunPlan,
     classifiers: Sequence[Classifier],
     *,
     out: Path | None = None,
     method: str = "gradcam",
     layer: str | None = None,
-    boxes: Path | None = None,
-    per_class: int = GALLERY_PER_CLASS,
-    total: int = GALLERY_TOTAL,
     batch_size: int = BATCH,
 ) -> dict[str, Any]:
-    """Explain every gallery image of ``run_dir`` (per dataset, with its classes) into ``out``
-    (default ``RUN_DIR/explain``); unreadable images are skipped and counted."""
-    from clipcompare.data.decode import load_rgb
-
-    run_dir = Path(run_dir)
-    read_run(run_dir)
-    out = Path(out) if out is not None else run_dir / OUT_NAME
+    """Explain every gallery image of ``plan`` (per dataset, with its classes) into ``out``
+    (default ``RUN_DIR/explain``)."""
+    out = Path(out) if out is not None else plan.run_dir / OUT_NAME
     notes: list[str] = []
-    skipped: list[dict[str, str]] = []
     results: dict[str, Any] = {}
-    for gallery in gallery_images(run_dir, per_class, total):
-        items = []
-        for key, path, _ in gallery.items:
-            try:
-                items.append(ImageItem(path, load_rgb(path), key=key, dataset=gallery.name))
-            except Exception as exc:  # noqa: BLE001 - as evaluate: an unreadable image is skipped and counted
-                log.warning("skipping unreadable image %s: %s: %s", path, type(exc).__name__, exc)
-                skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
-        if not items:
-            continue
-        classes = ClassSet(tuple(gallery.classes),
-                           tuple(gallery.imagenet_indices) if gallery.imagenet_indices is not None else None)
-        found = None
-        if boxes is not None:
-            try:
-                found = read_boxes(boxes, [it.path for it in items], [it.image.size for it in items], classes)
-            except UserError as exc:
-                if "has no box for any" not in str(exc):
-                    raise
-        models = []
-        for clf in classifiers:
-            reason = clf.supports(classes)
-            if reason:
-                notes.append(f"{gallery.name}: skipped {clf.name}: {reason}")
-            else:
-                models.append(explain_model(clf, classes, layer))
-        if not models:
-            continue
-        results[gallery.name] = explain(models, items, classes, method=method, boxes=found, out=out / gallery.name,
-                                        batch_size=batch_size, extra={"run": str(run_dir), "dataset": gallery.name})
-    if boxes is not None and not any(r.get("pointing") for r in results.values()):
-        raise UserError(f"--boxes {boxes} has no box for any gallery image of {run_dir}")
-    if not results:
-        notes.append(f"the galleries of {run_dir} hold no image (none that only one model gets right): "
+    for job in plan.jobs:
+        models = ready_models(classifiers, job.classes, layer, notes, job.name)
+        if models:
+            results[job.name] = explain(models, job.items, job.classes, method=method, boxes=job.boxes,
+                                        out=out / job.name, batch_size=batch_size,
+                                        extra={"run": str(plan.run_dir), "dataset": job.name})
+    if not plan.jobs:
+        notes.append(f"the galleries of {plan.run_dir} hold no image (none that only one model gets right): "
                      "nothing to explain")
-    if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
-                     f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
-    return {"run": str(run_dir), "out": str(out), "datasets": results, "notes": notes, "skipped": skipped}
+    if plan.skipped:
+        notes.append(f"skipped {len(plan.skipped)} unreadable image{'s' if len(plan.skipped) > 1 else ''} "
+                     f"(first: {plan.skipped[0]['path']}: {plan.skipped[0]['reason']})")
+    return {"run": str(plan.run_dir), "out": str(out), "datasets": results, "notes": notes, "skipped": plan.skipped}

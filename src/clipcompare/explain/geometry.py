@@ -71,7 +71,10 @@ class CropGeometry:
     @classmethod
     def from_build(cls, height: int, width: int, build: BuildInfo) -> CropGeometry:
         rh, rw = resized_size(height, width, build.resize, build.resize_mode)
-        ch, cw = _pair(build.crop) if build.resize_mode != "squash" else (rh, rw)
+        ch, cw = _pair(build.crop) if build.crop else (rh, rw)
+        if build.resize_mode == "squash" and (ch > rh or cw > rw):
+            ch, cw = rh, rw  # a squash with no smaller crop is the resize alone
+        # else a squash then a centre crop (timm crop_pct < 1 with crop_mode squash: 256x256, then 224)
         return cls(height, width, rh, rw, _crop_offset(rh, ch), _crop_offset(rw, cw), ch, cw)
 
     @classmethod

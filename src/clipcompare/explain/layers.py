@@ -5,7 +5,8 @@ advice per architecture: a ResNet's last bottleneck (torchvision ``layer4[-1]``,
 ModifiedResNet ``visual.layer4[-1]`` — not its attention pool, which has no spatial map —, timm's
 ``layer4[-1]``), a ViT's last pre-attention norm (open_clip ``transformer.resblocks[-1].ln_1``, timm
 ``blocks[-1].norm1``, transformers CLIP/SigLIP ``encoder.layers[-1].layer_norm1``) with its tokens
-reshaped back to the patch grid, a ConvNeXt's last stage (timm ``stages[-1]``). Only the image tower
+reshaped back to the patch grid (a Swin's: the last stage's, ``layers[-1].blocks[-1].norm1``, channels-last
+permuted to NCHW), a ConvNeXt's last stage (timm ``stages[-1]``). Only the image tower
 is searched (a CLIP text transformer has the same structure). ``--layer NAME`` overrides the choice.
 """
 
@@ -34,19 +35,22 @@ class TokensToGrid:
     """pytorch-grad-cam's ``reshape_transform`` for a ViT: [B, prefix + gh·gw, D] → [B, D, gh, gw].
 
     The prefix (class token, registers) is dropped. ``grid`` is the patch grid when the model says
-    it; else the grid is the square one the token count allows. A 4-D activation passes through.
+    it; else the grid is the square one the token count allows. A 4-D activation is NCHW and passes
+    through, unless ``channels_last``: a ``LayerNorm`` normalises the last dimension, so its 4-D output
+    (a Swin block's ``norm1``: [B, H, W, C]) is permuted to [B, C, H, W] — else grad-cam reads H as channels.
     """
 
-    def __init__(self, grid: tuple[int, int] | None = None, layer: str = "") -> None:
+    def __init__(self, grid: tuple[int, int] | None = None, layer: str = "", channels_last: bool = False) -> None:
         self.grid = grid
         self.layer = layer
+        self.channels_last = channels_last
         self.seen: tuple[int, int, int] | None = None  # (prefix, gh, gw) of the last call
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, (tuple, list)):
             x = x[0]
         if x.dim() == 4:
-            return x
+            return x.permute(0, 3, 1, 2) if self.channels_last else x
         if x.dim() != 3:
             raise UserError(f"--layer {self.layer}: its output has shape {tuple(x.shape)}, no spatial map; name a "
                             "convolutional layer or a transformer block's norm")
@@ -111,8 +115,8 @@ def find_layer(model: nn.Module, name: str | None = None, *, model_name: str = "
     if name is not None:
         module = resolve_module(model, name, model_name)
         canonical = names.get(id(module), name)
-        return TargetLayer(canonical, module, TokensToGrid(_grid_of(image_part(model)), canonical), "--layer",
-                           "named by --layer")
+        return TargetLayer(canonical, module, TokensToGrid(_grid_of(image_part(model)), canonical,
+                                                           _normalises_last_dim(module)), "--layer", "named by --layer")
     tower = image_part(model)
     found = _by_structure(tower)
     if found is None:
@@ -122,23 +126,38 @@ def find_layer(model: nn.Module, name: str | None = None, *, model_name: str = "
                         f"name one with --layer NAME{hint}")
     module, why, tokens = found
     canonical = names[id(module)]
-    reshape = TokensToGrid(_grid_of(tower), canonical) if tokens else None
+    reshape = TokensToGrid(_grid_of(tower), canonical, _normalises_last_dim(module)) if tokens else None
     return TargetLayer(canonical, module, reshape, "architecture", why)
 
 
-def _by_structure(tower: nn.Module) -> tuple[nn.Module, str, bool] | None:
-    """(module, why, whether its output is tokens) by the first structure that matches."""
-    for _, m in tower.named_modules():
-        stage = getattr(m, "layer4", None)
-        if isinstance(stage, nn.Sequential) and len(stage):
-            return stage[-1], "ResNet: the last bottleneck of layer4 (not the pooling after it)", False
+def _normalises_last_dim(module: nn.Module) -> bool:
+    """A plain LayerNorm (not timm's LayerNorm2d, a subclass that permutes): its 4-D output is channels-last."""
+    return type(module) is nn.LayerNorm
+
+
+def _last_token_block(tower: nn.Module) -> tuple[nn.Module, str] | None:
+    """(the last block's norm, its name) of the LAST container of blocks: a hierarchical transformer (Swin:
+    ``layers[i].blocks``) has one per stage, and the map is taken from the last stage, as grad-cam advises."""
+    found = None
     for _, m in tower.named_modules():
         for container, norm in TOKEN_BLOCKS:
             blocks = getattr(m, container, None)
             if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) and isinstance(
                     getattr(blocks[-1], norm, None), nn.Module):
-                return (getattr(blocks[-1], norm), f"ViT: the last block's {norm}, tokens reshaped to the patch grid",
-                        True)
+                found = (getattr(blocks[-1], norm), norm)
+                break
+    return found
+
+
+def _by_structure(tower: nn.Module) -> tuple[nn.Module, str, bool] | None:
+    """(module, why, whether its output is tokens) by the first structure that matches (ResNet, transformer, ...)."""
+    for _, m in tower.named_modules():
+        stage = getattr(m, "layer4", None)
+        if isinstance(stage, nn.Sequential) and len(stage):
+            return stage[-1], "ResNet: the last bottleneck of layer4 (not the pooling after it)", False
+    token = _last_token_block(tower)
+    if token is not None:
+        return token[0], f"ViT/Swin: the last block's {token[1]}, tokens reshaped to the patch grid", True
     for _, m in tower.named_modules():
         stages = getattr(m, "stages", None)
         if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages):

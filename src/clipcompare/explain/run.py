@@ -2,8 +2,8 @@
 
 Per model: its own preprocessing, batched maps of its top-1 class (or ``--class``, or with boxes the
 true class, as the pointing game asks), and the maps mapped back onto the original pixels
-(:mod:`.geometry`). Per image: a side-by-side PNG and an ``.npz`` of the maps (on the model input and
-on the original image); at the end ``explain.json``. Every file is written to a temporary name and
+(:mod:`.geometry`). Batch by batch, per image: a side-by-side PNG and an ``.npz`` of the maps (on the
+model input and on the original image); at the end ``explain.json``. Every file is written to a temporary name and
 renamed, so an interrupted run leaves whole files only.
 """
 
@@ -13,8 +13,8 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,15 @@ from clipcompare.explain.figures import Panel, side_by_side_png
 from clipcompare.explain.geometry import CropGeometry
 from clipcompare.explain.layers import TargetLayer, find_layer
 from clipcompare.explain.pointing import TOLERANCE_PX, energy_inside, peak, point_hits, summarise
-from clipcompare.fileio import atomic_path, atomic_write_bytes
+from clipcompare.fileio import atomic_path, atomic_write_bytes, make_dirs
 from clipcompare.models.build_info import BuildInfo
 from clipcompare.models.classifier import Classifier, ClipClassifier
+from clipcompare.rundir import EXPLAIN_RESULT
 
 log = logging.getLogger(__name__)
 
 BATCH = 16  # images per forward + backward
-RESULT_FILE = "explain.json"
+RESULT_FILE = EXPLAIN_RESULT
 
 
 @dataclass
@@ -57,6 +58,20 @@ class ExplainModel:
         return next(self.logits.parameters()).device
 
 
+def ready_models(classifiers: Sequence[Classifier], classes: ClassSet, layer: str | None,
+                 notes: list[str], where: str = "") -> list[ExplainModel]:
+    """ExplainModels of the classifiers that can score ``classes``; each other one skipped with a note in
+    ``notes`` (prefixed ``where: ``)."""
+    models = []
+    for clf in classifiers:
+        reason = clf.supports(classes)
+        if reason:
+            notes.append(f"{where}: skipped {clf.name}: {reason}" if where else f"skipped {clf.name}: {reason}")
+        else:
+            models.append(explain_model(clf, classes, layer))
+    return models
+
+
 def explain_model(classifier: Classifier, classes: ClassSet, layer: str | None = None) -> ExplainModel:
     """A loaded :class:`Classifier` restricted to ``classes``, its target layer chosen (or ``layer``)."""
     target = find_layer(classifier.model, layer, model_name=classifier.name)
@@ -73,11 +88,6 @@ class ImageItem:
     image: Image.Image
     key: str | None = None
     dataset: str | None = None
-
-
-def _batches(model: ExplainModel, images: Sequence[Image.Image], size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, len(images), size):
-        yield torch.stack([model.preprocess(im) for im in images[start:start + size]]).float()
 
 
 def geometry_for(model: ExplainModel, width: int, height: int, input_shape: tuple[int, int]) -> CropGeometry:
@@ -112,91 +122,133 @@ def explain(
     when given; returns what explain.json holds.
 
     The class explained is ``target`` (``--class``) when given; else, with ``boxes`` that name a class,
-    that class (the pointing game's protocol); else each model's top-1.
+    that class (the pointing game's protocol); else each model's top-1. Streamed: each batch's maps are
+    computed, its images' PNG and npz written, and only the small per-image records kept, so a failure
+    in a later batch keeps the files of the earlier ones and memory does not grow with the image count.
     """
-    n = len(items)
-    truth = [_true_class(b) for b in boxes] if boxes is not None else [None] * n
-    targets = [target if target is not None else t for t in truth]
+    truth = [_true_class(b) for b in boxes] if boxes is not None else [None] * len(items)
+    job = _Job(models, classes, [target if target is not None else t for t in truth], truth, boxes,
+               "--class" if target is not None else None)
     if method == "scorecam":
         batch_size = 1  # ScoreCAM masks the input with each channel: C copies of each image at once
-    per_model = []
-    for model in models:
-        maps, logits = compute_maps(model.logits, model.layer, _batches(model, [it.image for it in items], batch_size),
-                                    targets, method=method, device=model.device)
-        per_model.append((maps, logits.softmax(dim=-1)))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "maps").mkdir(exist_ok=True)
+        make_dirs(out / "maps")
     images_out = []
-    hits: dict[str, list[bool]] = {m.name: [] for m in models}
-    energies: dict[str, list[float | None]] = {m.name: [] for m in models}
-    for i, item in enumerate(items):
+    for start in range(0, len(items), batch_size):
+        chunk = range(start, min(start + batch_size, len(items)))
+        per_model = [_batch_maps(model, [items[i].image for i in chunk], [job.targets[i] for i in chunk], method)
+                     for model in models]
+        for j, i in enumerate(chunk):
+            entry, arrays, panels, true_boxes = job.image_record(i, items[i], [(m[j], p[j]) for m, p in per_model])
+            if out is not None:
+                _write_image(out, _stem(i, items[i].path), entry, arrays, [m.name for m in models],
+                             (items[i].image, panels, true_boxes) if write_figures else None)
+            images_out.append(entry)
+    result = job.summary(method, images_out, extra)
+    if out is not None:
+        atomic_write_bytes(out / RESULT_FILE, (json.dumps(result, indent=2, default=str) + "\n").encode("utf-8"))
+    return result
+
+
+def _batch_maps(model: ExplainModel, images: Sequence[Image.Image], targets: Sequence[int | None],
+                method: str) -> tuple[np.ndarray, torch.Tensor]:
+    """One batch through one model: its maps on the model input and its class probabilities."""
+    batch = torch.stack([model.preprocess(im) for im in images]).float()
+    maps, logits = compute_maps(model.logits, model.layer, [batch], targets, method=method, device=model.device)
+    return maps, logits.softmax(dim=-1)
+
+
+@dataclass
+class _Job:
+    """What every image's record needs, and the pointing-game tallies kept across batches."""
+
+    models: Sequence[ExplainModel]
+    classes: ClassSet
+    targets: list[int | None]
+    truth: list[int | None]
+    boxes: Sequence[Sequence[Box]] | None
+    forced: str | None  # "--class" when one class is explained for every image
+    hits: dict[str, list[bool]] = field(default_factory=dict)
+    energies: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def image_record(self, i: int, item: ImageItem, per_model: Sequence[tuple[np.ndarray, torch.Tensor]]
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Panel], list[Box]]:
+        """Image i's entry of explain.json, its arrays for the npz, its figure's panels and the boxes drawn."""
         width, height = item.image.size
-        wanted = targets[i]  # only the boxes of the class explained count (all when the file names none)
-        true_boxes = [b for b in (boxes[i] if boxes is not None else [])
+        wanted = self.targets[i]  # only the boxes of the class explained count (all when the file names none)
+        true_boxes = [b for b in (self.boxes[i] if self.boxes is not None else [])
                       if b.class_index is None or wanted is None or b.class_index == wanted]
         entry: dict[str, Any] = {"path": str(item.path), "width": width, "height": height}
         if item.key is not None:
             entry.update(dataset=item.dataset, key=item.key)
-        if boxes is not None:
-            entry["true_class"] = classes.names[truth[i]] if truth[i] is not None else None
-            entry["boxes"] = [b.to_list() for b in boxes[i]]
+        if self.boxes is not None:
+            entry["true_class"] = self.classes.names[self.truth[i]] if self.truth[i] is not None else None
+            entry["boxes"] = [b.to_list() for b in self.boxes[i]]
         arrays: dict[str, np.ndarray] = {}
         panels = []
         entry["models"] = {}
-        for k, (model, (maps, probs)) in enumerate(zip(models, per_model)):
-            geo = geometry_for(model, width, height, maps.shape[1:])
-            original = geo.to_original(maps[i])
-            top_point, input_point = peak(original), peak(maps[i])
-            top = int(probs[i].argmax())
-            explained = targets[i] if targets[i] is not None else top
-            record: dict[str, Any] = {
-                "top1": classes.names[top], "top1_probability": float(probs[i, top]),
-                "class": classes.names[explained], "class_index": explained,
-                "probability": float(probs[i, explained]),
-                "target": "--class" if target is not None else "true class" if truth[i] is not None else "top-1",
-                "peak": list(top_point) if top_point else None,
-                "peak_input": list(input_point) if input_point else None, "geometry": geo.to_dict(),
-                "map_key": f"model{k}",
-            }
-            if boxes is not None and true_boxes:
-                hit = top_point is not None and point_hits(*top_point, true_boxes)
-                energy = energy_inside(original, true_boxes)
-                hits[model.name].append(hit)
-                energies[model.name].append(energy)
-                record.update(pointing_hit=hit, energy_in_boxes=energy)
-            entry["models"][model.name] = record
+        for k, (model, (input_map, probs)) in enumerate(zip(self.models, per_model)):
+            record, original, panel = self.model_record(i, model, input_map, probs, (width, height), true_boxes)
+            entry["models"][model.name] = {**record, "map_key": f"model{k}"}
             arrays[f"model{k}"] = original.astype(np.float16)
-            arrays[f"model{k}_input"] = maps[i]
-            title = f"{model.name}\n{classes.names[top]} {_percent(float(probs[i, top]))}"
-            if explained != top:
-                title += f"\nmap: {classes.names[explained]}"
-            panels.append(Panel(title, original, geo.visible_mask(), top_point))
-        if out is not None:
-            stem = _stem(i, item.path)
-            entry["maps"] = f"maps/{stem}.npz"
-            _write_npz(out / entry["maps"], arrays, [m.name for m in models])
-            if write_figures:
-                entry["png"] = f"{stem}.png"
-                png = side_by_side_png(item.image, Path(item.path).name, panels, true_boxes)
-                atomic_write_bytes(out / entry["png"], png)
-        images_out.append(entry)
-    result: dict[str, Any] = {
-        "method": method,
-        "classes": len(classes),
-        "target": "--class" if target is not None else "true class (boxes)" if any(truth) else "top-1",
-        "models": [{"name": m.name, "head": m.head, "pretrained": m.pretrained, "layer": m.layer.to_dict(),
-                    "preprocess": m.build.preprocess_text() if m.build is not None else "plain resize"}
-                   for m in models],
-        "images": images_out,
-        "pointing": ({m.name: summarise(hits[m.name], energies[m.name]) for m in models}
-                     if boxes is not None else None),
-        "tolerance_px": TOLERANCE_PX,
-        **(extra or {}),
-    }
-    if out is not None:
-        atomic_write_bytes(out / RESULT_FILE, (json.dumps(result, indent=2, default=str) + "\n").encode("utf-8"))
-    return result
+            arrays[f"model{k}_input"] = input_map
+            panels.append(panel)
+        return entry, arrays, panels, true_boxes
+
+    def model_record(self, i: int, model: ExplainModel, input_map: np.ndarray, probs: torch.Tensor,
+                     size: tuple[int, int], true_boxes: list[Box]) -> tuple[dict[str, Any], np.ndarray, Panel]:
+        """One model on image i: its record, its map on the original pixels and its overlay panel."""
+        geo = geometry_for(model, *size, input_map.shape)
+        original = geo.to_original(input_map)
+        top_point, input_point = peak(original), peak(input_map)
+        top = int(probs.argmax())
+        explained = self.targets[i] if self.targets[i] is not None else top
+        record: dict[str, Any] = {
+            "top1": self.classes.names[top], "top1_probability": float(probs[top]),
+            "class": self.classes.names[explained], "class_index": explained, "probability": float(probs[explained]),
+            "target": self.forced or ("true class" if self.truth[i] is not None else "top-1"),
+            "peak": list(top_point) if top_point else None,
+            "peak_input": list(input_point) if input_point else None, "geometry": geo.to_dict(),
+        }
+        if self.boxes is not None and true_boxes:
+            hit = top_point is not None and point_hits(*top_point, true_boxes)
+            energy = energy_inside(original, true_boxes)
+            self.hits.setdefault(model.name, []).append(hit)
+            self.energies.setdefault(model.name, []).append(energy)
+            record.update(pointing_hit=hit, energy_in_boxes=energy)
+        title = f"{model.name}\n{self.classes.names[top]} {_percent(float(probs[top]))}"
+        if explained != top:
+            title += f"\nmap: {self.classes.names[explained]}"
+        return record, original, Panel(title, original, geo.visible_mask(), top_point)
+
+    def summary(self, method: str, images: list[dict[str, Any]], extra: dict[str, Any] | None) -> dict[str, Any]:
+        """What explain.json holds: the job's settings, the models, the image records, the pointing game."""
+        # a true class of index 0 counts: `any(truth)` would not see it
+        has_truth = any(t is not None for t in self.truth)
+        return {
+            "method": method,
+            "classes": len(self.classes),
+            "target": self.forced or ("true class (boxes)" if has_truth else "top-1"),
+            "models": [{"name": m.name, "head": m.head, "pretrained": m.pretrained, "layer": m.layer.to_dict(),
+                        "preprocess": m.build.preprocess_text() if m.build is not None else "plain resize"}
+                       for m in self.models],
+            "images": images,
+            "pointing": ({m.name: summarise(self.hits.get(m.name, []), self.energies.get(m.name, []))
+                          for m in self.models} if self.boxes is not None else None),
+            "tolerance_px": TOLERANCE_PX,
+            **(extra or {}),
+        }
+
+
+def _write_image(out: Path, stem: str, entry: dict[str, Any], arrays: dict[str, np.ndarray], names: list[str],
+                 figure: tuple[Image.Image, list[Panel], list[Box]] | None) -> None:
+    """One image's npz (and side-by-side PNG when ``figure``), each written whole; their names into ``entry``."""
+    entry["maps"] = f"maps/{stem}.npz"
+    _write_npz(out / entry["maps"], arrays, names)
+    if figure is not None:
+        image, panels, true_boxes = figure
+        entry["png"] = f"{stem}.png"
+        atomic_write_bytes(out / entry["png"], side_by_side_png(image, Path(entry["path"]).name, panels, true_boxes))
 
 
 def _true_class(boxes: Sequence[Box]) -> int | None:

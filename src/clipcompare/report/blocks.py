@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from clipcompare.errors import UserError
+from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_SEED, GALLERY_TOTAL
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +25,11 @@ log = logging.getLogger(__name__)
 class ReportOptions:
     """Bounds that keep a report of a 50,000-image run small and quick to open."""
 
-    gallery_per_class: int = 2  # thumbnails per true class in one gallery
-    gallery_total: int = 16  # thumbnails per gallery
+    gallery_per_class: int = GALLERY_PER_CLASS  # thumbnails per true class in one gallery
+    gallery_total: int = GALLERY_TOTAL  # thumbnails per gallery
     thumb_px: int = 128  # longest side of a thumbnail
     thumb_quality: int = 80  # JPEG quality of thumbnails
-    seed: int = 0  # the galleries' fixed random choice
+    seed: int = GALLERY_SEED  # the galleries' fixed random choice
     labelled_classes: int = 8  # classes named in a per-class scatter (furthest from the diagonal)
     listed: int = 5  # rows in "wins by most" / "most confused" tables
     retrieval_examples: int = 4  # captions shown from a train run
@@ -138,14 +140,18 @@ class Report:
         return [(m, s.title) for s in self.sections for m in s.random_weights]
 
 
-def thumbnail(path: Path, options: ReportOptions) -> tuple[bytes | None, str]:
-    """A small JPEG of the image at ``path`` (longest side ``thumb_px``), or None and the reason."""
+def thumbnail(path: Path, options: ReportOptions, open_image: Callable[[], Any] | None = None) -> tuple[bytes | None, str]:
+    """A small JPEG of the image at ``path`` (or the PIL image ``open_image()`` returns: a dataset's own
+    reading), longest side ``thumb_px``; or None and the reason."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (options.thumb_px * 2, options.thumb_px * 2))  # JPEG: decode at a reduced scale
-            img = img.convert("RGB")
+        if open_image is not None:
+            img = open_image()
+        else:
+            with Image.open(path) as img:
+                img.draft("RGB", (options.thumb_px * 2, options.thumb_px * 2))  # JPEG: decode at a reduced scale
+                img = img.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - a moved or unreadable image leaves an empty tile, not a failed report
         log.warning("no thumbnail for %s: %s", path, exc)
         return None, f"{type(exc).__name__}: {exc}"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from clipcompare.evaluation.galleries import pick_gallery
+from clipcompare.evaluation.galleries import RunDataset, pick_gallery, run_dataset
 from clipcompare.evaluation.metrics import (
     expected_calibration_error,
     prob_column,
@@ -45,6 +45,7 @@ from clipcompare.report.blocks import (
     run_label,
     thumbnail,
 )
+from clipcompare.rundir import EXPLAIN_DIR, EXPLAIN_RESULT
 
 log = logging.getLogger(__name__)
 
@@ -125,39 +126,36 @@ def dataset_blocks(name: str, entry: dict[str, Any], path: Path, options: Report
     if indices is not None:
         blocks += severity_blocks(targets, tops, indices)
     blocks.append(confusion_table(entry, models, options.listed))
-    root = Path(entry.get("root", ""))
-    explained = explained_images(path.parent.parent / "explain" / name)
-    if explained:
+    source = run_dataset(path.parent.parent, name, entry.get("root"))  # opens its images as evaluate did
+    result, explained = explained_images(path.parent.parent / EXPLAIN_DIR / name)
+    if result is not None:
         from clipcompare.report.sections.explain import pointing_table
 
-        folder = next(iter(explained.values()))[0]
-        table = pointing_table(read_json(folder / "explain.json"), "pointing game of the gallery images (explain --run)")
+        table = pointing_table(result, "pointing game of the gallery images (explain --run)")
         if table is not None:
             blocks.append(table)
     for comparison in entry.get("comparisons", []):
         a, b = comparison["models"]
         if a in tops and b in tops:
-            blocks += pair_blocks(comparison, entry, df, names, targets, tops, probs, root, options, explained)
+            blocks += pair_blocks(comparison, entry, df, names, targets, tops, probs, source, options, explained)
     return blocks
 
 
-def explained_images(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """``explain --run``'s images of one dataset by their key: (its output folder, its explain.json entry)."""
-    from clipcompare.explain import RESULT_FILE
+def explained_images(folder: Path) -> tuple[dict[str, Any] | None, dict[str, tuple[Path, dict[str, Any]]]]:
+    """``explain --run``'s explain.json of one dataset (None when not explained), read once, and its images by
+    their key: (its output folder, its explain.json entry)."""
+    if not (folder / EXPLAIN_RESULT).is_file():
+        return None, {}
+    result = read_json(folder / EXPLAIN_RESULT)
+    return result, {e["key"]: (folder, e) for e in result.get("images", [])
+                    if e.get("key") is not None and e.get("maps")}
 
-    if not (folder / RESULT_FILE).is_file():
-        return {}
-    result = read_json(folder / RESULT_FILE)
-    return {e["key"]: (folder, e) for e in result.get("images", []) if e.get("key") is not None and e.get("maps")}
 
-
-def map_thumbs(explained: tuple[Path, dict[str, Any]] | None, image_path: Path, models: Sequence[str],
+def map_thumbs(explained: tuple[Path, dict[str, Any]] | None, source: RunDataset, key: str, models: Sequence[str],
                options: ReportOptions) -> list[MapThumb]:
     """Each of ``models``' map over the image (explain --run), as thumbnails; [] when not explained."""
     if explained is None:
         return []
-    from PIL import Image
-
     from clipcompare.explain.figures import overlay_jpeg
     from clipcompare.explain.geometry import CropGeometry
     from clipcompare.explain.run import read_maps
@@ -165,10 +163,9 @@ def map_thumbs(explained: tuple[Path, dict[str, Any]] | None, image_path: Path, 
     folder, entry = explained
     try:
         maps = read_maps(folder, entry)
-        with Image.open(image_path) as img:
-            image = img.convert("RGB")
+        image = source.open(key)
     except Exception as exc:  # noqa: BLE001 - a moved image or map leaves the tile without maps, not a failed report
-        log.warning("no maps for %s: %s", image_path, exc)
+        log.warning("no maps for %s: %s", source.root / key, exc)
         return []
     thumbs = []
     for m in models:
@@ -234,8 +231,8 @@ def confusion_table(entry: dict[str, Any], models: Sequence[str], listed: int) -
 
 
 def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFrame, names: Sequence[str],
-                targets: np.ndarray, tops: dict[str, np.ndarray], probs: dict[str, np.ndarray], root: Path,
-                options: ReportOptions, explained: dict[str, tuple[Path, dict[str, Any]]] | None = None) -> list:
+                targets: np.ndarray, tops: dict[str, np.ndarray], probs: dict[str, np.ndarray],
+                source: RunDataset, options: ReportOptions, explained: dict[str, tuple[Path, dict[str, Any]]] | None = None) -> list:
     a, b = comparison["models"]
     blocks: list = [Heading(f"{a} vs {b}", 4)]
     per_a, per_b = entry["models"][a]["per_class"], entry["models"][b]["per_class"]
@@ -262,9 +259,9 @@ def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFr
     for m, other in ((a, b), (b, a)):
         only = np.flatnonzero(right[m] & ~right[other])
         chosen = pick_gallery(only, targets, options.gallery_per_class, options.gallery_total, options.seed)
-        tiles = [_tile(df, i, names, targets, tops, probs, (a, b), root, options) for i in chosen]
+        tiles = [_tile(df, i, names, targets, tops, probs, (a, b), source, options) for i in chosen]
         for tile in tiles:
-            tile.maps = map_thumbs((explained or {}).get(tile.path), root / tile.path, (a, b), options)
+            tile.maps = map_thumbs((explained or {}).get(tile.path), source, tile.path, (a, b), options)
         note = (f"{len(chosen)} of {len(only):,} images (a fixed random choice, at most "
                 f"{options.gallery_per_class} per class)" if len(chosen) < len(only)
                 else f"all {len(only):,} images" if len(only) else "")
@@ -273,9 +270,9 @@ def pair_blocks(comparison: dict[str, Any], entry: dict[str, Any], df: pd.DataFr
 
 
 def _tile(df: pd.DataFrame, i: int, names: Sequence[str], targets: np.ndarray, tops: dict[str, np.ndarray],
-          probs: dict[str, np.ndarray], models: Sequence[str], root: Path, options: ReportOptions) -> Tile:
+          probs: dict[str, np.ndarray], models: Sequence[str], source: RunDataset, options: ReportOptions) -> Tile:
     path = str(df["path"].iat[i])
-    jpeg, missing = thumbnail(root / path, options)
+    jpeg, missing = thumbnail(source.root / path, options, lambda: source.open(path))
     preds = {
         m: [Prediction(names[c], float(p), bool(c == targets[i]))
             for c, p in zip(tops[m][i, :CAPTION_TOP], probs[m][i, :CAPTION_TOP])]

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from clipcompare.report.blocks import Cell, Figure, ReportOptions, Section, Table, Text, num, pct, read_json, run_label
-
-RESULT_FILE = "explain.json"  # clipcompare.explain.RESULT_FILE, without importing torch
+from clipcompare.rundir import EXPLAIN_RESULT
 
 
 def is_run(path: Path) -> bool:
-    return (path / RESULT_FILE).is_file()
+    return (path / EXPLAIN_RESULT).is_file()
 
 
 def pointing_table(result: dict[str, Any], title: str = "pointing game and energy inside the boxes") -> Table | None:
@@ -31,7 +30,7 @@ def pointing_table(result: dict[str, Any], title: str = "pointing game and energ
 
 def build(run_dir: Path, options: ReportOptions) -> Section:
     """Method, models and layers; the pointing-game table; the side-by-side figures (at most a gallery's worth)."""
-    result = read_json(run_dir / RESULT_FILE)
+    result = read_json(run_dir / EXPLAIN_RESULT)
     models = result.get("models", [])
     section = Section(
         "explain", f"explain: {run_label(run_dir)}", str(run_dir),
