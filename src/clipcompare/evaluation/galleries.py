@@ -65,19 +65,17 @@ class RunDataset:
 
         if self.spec is None:
             return None
-        # run.json holds the scanned root, which for ObjectNet is the release's images/ folder: its parent
-        # is the folder `--dataset objectnet=` named; the sample keys are relative to images/ either way
-        first: Exception | None = None
-        for root in (self.spec.root, self.spec.root.parent):
-            try:
-                ds = build_dataset(DatasetSpec(self.spec.kind, root, self.spec.option, self.name), self.limit_per_class)
-            except Exception as exc:  # noqa: BLE001 - a moved dataset leaves its tiles without images, not a failure
-                first = first or exc
-                continue
+        try:  # (the objectnet builder also takes the images/ folder run.json records as the root)
+            ds = build_dataset(DatasetSpec(self.spec.kind, self.spec.root, self.spec.option, self.name),
+                               self.limit_per_class)
+        except (UserError, OSError) as exc:  # a moved dataset leaves its tiles without images, not a failure
+            reason: object = exc
+        else:
             if ds.root.resolve() == self.root.resolve():
                 return ds
+            reason = f"it now reads from {ds.root}"
         log.warning("dataset %s (%s) cannot be read again (%s); opening its images as files under %s",
-                    self.name, self.spec.display, first or "another root", self.root)
+                    self.name, self.spec.display, reason, self.root)
         return None
 
     def open(self, key: str) -> Any:

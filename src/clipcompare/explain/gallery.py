@@ -50,11 +50,15 @@ def run_models(run_dir: Path) -> tuple[list[str], bool, str]:
     if not (Path(run_dir) / "metrics.json").is_file():
         raise UserError(f"--run {run_dir}: the evaluate run is unfinished (no metrics.json); run the same "
                         "evaluate command again to complete it")
-    stored = run.get("settings", {}).get("models") or [m["name"] for m in run.get("models", [])]
-    if not stored:
+    models = run.get("models", [])
+    if models and all(m.get("spec") for m in models):
+        specs = [m["spec"] for m in models]  # what loads each model again, absolute paths (hf: folders too)
+    else:  # a run directory from before "spec" was recorded
+        specs = [spec_text(s) for s in run.get("settings", {}).get("models") or [m["name"] for m in models]]
+    if not specs:
         raise UserError(f"--run {run_dir}: its run.json names no models; name them with -m")
-    random = any(not m.get("pretrained", True) for m in run.get("models", []))
-    return [spec_text(s) for s in stored], random, run.get("options", {}).get("templates") or "openai"
+    random = any(not m.get("pretrained", True) for m in models)
+    return specs, random, run.get("options", {}).get("templates") or "openai"
 
 
 @dataclass
