@@ -300,13 +300,21 @@ def test_classify_shows_siglip_sigmoid_and_clip_softmax(models_dir, tmp_path, ca
     assert any("hf:siglip: sigmoid probabilities" in n for n in doc["notes"])
 
 
-def test_evaluate_and_precision_run_and_record_the_processor(models_dir, image_folder, tmp_path, capsys):
+def test_evaluate_and_precision_run_and_record_the_processor(models_dir, image_folder, tmp_path, capsys,
+                                                             monkeypatch):
     out = tmp_path / "run"
     spec = f"hf:{models_dir / 'siglip'}"
-    assert main(["evaluate", "-d", f"folder={image_folder}", "-m", spec, "--templates", "single",
-                 "--out", str(out)]) == 0
+    assert main(["evaluate", "-d", f"folder={image_folder}", "-m", spec, "-m", "resnet18", "--allow-random",
+                 "--templates", "single", "--out", str(out)]) == 0
+    # explain --run reloads the folder by run.json's spec, from another working directory
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["explain", "--run", str(out), "--allow-random", "--json"]) == 0, capsys.readouterr().err
+    explained = json.loads((out / "explain" / "folder" / "explain.json").read_text())
+    assert explained["images"] and all("hf:siglip" in im["models"] for im in explained["images"])
     run = json.loads((out / "run.json").read_text())
-    (m,) = run["models"]
+    m = run["models"][0]
     # the display name is the column; the spec loads the same folder again, from any working directory
     assert (m["name"], m["spec"]) == ("hf:siglip", f"hf:{(models_dir / 'siglip').resolve()}")
     assert parse_spec(m["spec"]) == parse_spec(spec)
