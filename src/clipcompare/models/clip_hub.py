@@ -18,6 +18,7 @@ from clipcompare.models.weights import (
     fall_back_or_raise,
     hf_cached,
     hf_hub_offline,
+    not_in_hf_cache,
     quiet_warnings,
     read_state_dict,
 )
@@ -42,18 +43,14 @@ def _local_dir_files(spec: ModelSpec, allow_random: bool) -> tuple[str, str, str
 
 def _hf_hub_files(spec: ModelSpec, allow_random: bool) -> tuple[str, str, str | None]:
     """(where, config file, weights file or None) of an ``hf-hub:`` repo, from the local cache only."""
-    from huggingface_hub import constants
     from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     repo = spec.source
     config = hf_cached(repo, [HF_CONFIG_NAME])
     if config is None:
-        raise MissingWeightsError(
-            f"{spec.name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}): need {HF_CONFIG_NAME} and "
-            f"{HF_SAFE_WEIGHTS_NAME} (or {HF_WEIGHTS_NAME}) of {repo}; fetch them with `hf download {repo}` "
-            "(or huggingface-cli download) where there is network, into the cache HF_HOME / HF_HUB_CACHE name"
-            + ("; --allow-random cannot stand in: even random weights need the config" if allow_random else ""),
-            HF_CONFIG_NAME)
+        raise not_in_hf_cache(
+            spec.name, repo, f"{HF_CONFIG_NAME} and {HF_SAFE_WEIGHTS_NAME} (or {HF_WEIGHTS_NAME})", HF_CONFIG_NAME,
+            "; --allow-random cannot stand in: even random weights need the config" if allow_random else "")
     # open_clip takes the safetensors file when there is one (pretrained._get_safe_alternatives)
     weights = hf_cached(repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME])
     return f"hf-hub:{repo} (cached snapshot {Path(config).parent.name[:12]})", config, weights

@@ -29,7 +29,13 @@ from torch import nn
 from clipcompare.errors import MissingWeightsError, UserError
 from clipcompare.models.build_info import BuildInfo, LoadedModel, single_size, square_size
 from clipcompare.models.spec import ModelSpec
-from clipcompare.models.weights import error_reason, fall_back_or_raise, hf_cached, hf_hub_offline
+from clipcompare.models.weights import (
+    error_reason,
+    fall_back_or_raise,
+    hf_cached,
+    hf_hub_offline,
+    not_in_hf_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,16 +230,11 @@ def _find_folder(spec: ModelSpec) -> tuple[Path, str]:
             raise UserError(f"{spec.name}: {folder} has no {CONFIG_NAME}: not a transformers save_pretrained folder"
                             + _open_clip_hint((folder / "open_clip_config.json").is_file(), spec))
         return folder, str(folder)
-    from huggingface_hub import constants
-
     repo = spec.arch
     config = hf_cached(repo, [CONFIG_NAME])
     if config is None:
-        raise MissingWeightsError(
-            f"{spec.name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}): need {CONFIG_NAME}, the "
-            f"weights and the processor files of {repo}; fetch them with `hf download {repo}` (or "
-            "huggingface-cli download) where there is network, into the cache HF_HOME / HF_HUB_CACHE name"
-            + _open_clip_hint(hf_cached(repo, ["open_clip_config.json"]) is not None, spec), CONFIG_NAME)
+        raise not_in_hf_cache(spec.name, repo, f"{CONFIG_NAME}, the weights and the processor files", CONFIG_NAME,
+                              _open_clip_hint(hf_cached(repo, ["open_clip_config.json"]) is not None, spec))
     snapshot = Path(config).parent
     return snapshot, f"{repo} (cached snapshot {snapshot.name[:12]})"
 

@@ -104,6 +104,17 @@ def hf_cached(repo: str, names: list[str]) -> str | None:
     return None
 
 
+def not_in_hf_cache(name: str, repo: str, needed: str, config_name: str, hint: str = "") -> MissingWeightsError:
+    """The one-line error for a repo the Hugging Face cache does not hold: what is ``needed``, where the cache
+    is, and the command that fetches it where there is network; ``hint`` is appended as it is."""
+    from huggingface_hub import constants
+
+    return MissingWeightsError(
+        f"{name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}): need {needed} of {repo}; fetch them "
+        f"with `hf download {repo}` (or huggingface-cli download) where there is network, into the cache HF_HOME / "
+        f"HF_HUB_CACHE name{hint}", config_name)
+
+
 # --------------------------------------------------------------------------- reading a user's file
 
 
