@@ -16,7 +16,8 @@ import torch
 from clipcompare import distributed
 from clipcompare.data import DatasetSpec, ImageDataset, load_datasets
 from clipcompare.data.gpu_decode import jpeg_decoder
-from clipcompare.dtypes import dtype_support, parse_dtype
+from clipcompare.distributed import DistInfo
+from clipcompare.dtypes import DtypeSupport, dtype_support, parse_dtype
 from clipcompare.errors import UserError
 from clipcompare.evaluation.devices import apply_formats, choose_formats, load_classifiers, resolve_device
 from clipcompare.evaluation.metrics import dataset_metrics, top_column
@@ -54,9 +55,48 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate every model on every dataset into ``options.out`` (resuming what is already there).
 
-    Under torchrun every rank calls this with the same arguments (see the module docstring).
+    Under torchrun every rank calls this with the same arguments (see the module docstring). The steps:
+    ``check_request`` (every user mistake, before any model loads) → the lock and the directory's
+    settings (``claim_run``) → models loaded and run.json written (``prepare``) → each dataset
+    predicted → metrics.json and run.json's end (``finish``).
     """
     started = now_iso()
+    request = check_request(models, datasets, options)
+    owns_group = not distributed.is_initialized()  # else a caller joined it and will leave it
+    dist = distributed.init_distributed(request.device)
+    store = RunStore(Path(options.out))
+    lock = RunLock(store.root, "clipcompare evaluate")
+    settings = _settings(request.specs, request.data, options)
+    try:
+        previous = claim_run(store, lock, settings, dist)
+        classifiers, formats, info = prepare(request, options, dist, settings, started, previous)
+        if dist.is_main:
+            store.write_json("run.json", info)
+        distributed.barrier()  # run.json (and the directory) exist before any rank writes parts
+        notes, throughput, skips = predict_datasets(request.data, classifiers, store, options, dist, formats)
+        metrics = finish(store, request.data, classifiers, skips, notes, info, throughput, dist)
+    finally:
+        lock.release()
+        if owns_group and dist.distributed:
+            distributed.cleanup()
+    return EvaluationResult(store.root, metrics, request.data, [c.name for c in classifiers],
+                            [c.name for c in classifiers if not c.pretrained], info["options"], dist.is_main)
+
+
+@dataclass(frozen=True)
+class Request:
+    """An evaluate call checked: its datasets scanned, specs parsed, dtype and device resolved."""
+
+    data: list[ImageDataset]
+    specs: list[ModelSpec]
+    precision: str  # fp32, bf16 or fp16
+    device: torch.device
+    support: DtypeSupport  # whether the dtype runs on the device, and the note to log
+
+
+def check_request(models: Sequence[ModelSpec | str], datasets: Sequence[DatasetSpec | str],
+                  options: EvaluateOptions) -> Request:
+    """Every mistake in the request as one UserError, before any model is loaded."""
     data = load_datasets(datasets, options.limit_per_class)  # dataset errors before any model loads
     specs = [parse_spec(m) if isinstance(m, str) else m for m in models]
     if not specs:
@@ -81,79 +121,86 @@ def evaluate(
     support = dtype_support(precision, device.type)
     if not support.supported:
         raise UserError(f"--precision {precision} on {device}: {support.note}")
-    owns_group = not distributed.is_initialized()  # else a caller joined it and will leave it
-    dist = distributed.init_distributed(device)
-    device = dist.device
-    store = RunStore(Path(options.out))
-    lock = RunLock(store.root, "clipcompare evaluate")
-    settings = _settings(specs, data, options)
-    try:
-        # rank 0 takes the lock once for the whole job and checks the directory; the others wait
-        # for its verdict, so a refused or mismatched run stops every rank with the same line
-        error, previous = None, None
-        if dist.is_main:
-            try:
-                lock.acquire()
-                previous = store.check_settings(settings)
-            except UserError as exc:
-                error = str(exc)
-        # previous too: every rank then refuses changed weights in _run_info, not rank 0 alone
-        error, previous = distributed.broadcast_object((error, previous))
-        if error:
-            raise UserError(error)
-        if support.note:
-            log.warning("--precision %s: %s", precision, support.note)
-        if device.type == "cpu":
-            # 1.5x CPU throughput: no page-faulting of activations on every batch (see runtime.steady_heap)
-            steady_heap()
-        classifiers = load_classifiers(specs, options, device)
-        chosen = None
-        if dist.is_main:  # rank 0 times (or a resumed run keeps) the formats, for every rank
-            chosen = choose_formats(classifiers, options, device,
-                                    ((previous or {}).get("options") or {}).get("memory_formats"))
-        chosen = distributed.broadcast_object(chosen)
-        formats = apply_formats(classifiers, chosen)
-        info = _run_info(options, settings, classifiers, data, device, started, previous)
-        info["options"].update(decode=options.decode, precision=precision, precision_note=support.note,
-                               memory_formats=chosen,
-                               world_size=dist.world_size)
-        if options.decode == "gpu":  # what the device applies instead of each PIL transform (fails early)
-            transforms, slot = distinct_transforms(classifiers)
-            tensor_steps = tensor_preprocesses(transforms, classifiers, slot)
-            info["options"]["tensor_preprocess"] = {c.name: tensor_steps[s].describe() for c, s in zip(classifiers, slot)}
-        if dist.is_main:
-            store.write_json("run.json", info)
-        distributed.barrier()  # run.json (and the directory) exist before any rank writes parts
+    return Request(data, specs, precision, device, support)
 
-        skips = SkipLog(store.root / "skipped.jsonl", rank=dist.rank if dist.distributed else None)
-        notes: dict[str, list[str]] = {}
-        throughput: dict[str, dict[str, Any]] = {}
+
+def claim_run(store: RunStore, lock: RunLock, settings: dict[str, Any], dist: DistInfo) -> dict[str, Any] | None:
+    """Rank 0 takes the lock once for the whole job and checks the directory's settings; the others wait for
+    its verdict, so a refused or mismatched run stops every rank with the same line. The stored run.json
+    (None for a new run) goes to every rank: each then refuses changed weights in _run_info, not rank 0 alone."""
+    error, previous = None, None
+    if dist.is_main:
         try:
-            for ds in data:
-                notes[ds.name] = run_dataset(ds, classifiers, store, skips, options, device, throughput, dist,
-                                             formats)
-        except KeyboardInterrupt:
-            log.warning("interrupted: run the same command again to continue where it stopped")
-            raise
-        finally:
-            skips.close()
+            lock.acquire()
+            previous = store.check_settings(settings)
+        except UserError as exc:
+            error = str(exc)
+    error, previous = distributed.broadcast_object((error, previous))
+    if error:
+        raise UserError(error)
+    return previous
 
-        distributed.barrier()  # every rank's parts and skips are written
-        metrics = None
-        if dist.is_main:
-            skips.fold()
-            metrics = compute_metrics(store, data, classifiers, skips, notes)
-            store.write_json("metrics.json", metrics)
-            # images/s of this invocation's prediction loops (decode + preprocess + forward + writes)
-            info.update(end_time=now_iso(), status="complete", throughput=throughput)
-            store.write_json("run.json", info)
-        metrics = distributed.broadcast_object(metrics)
+
+def prepare(request: Request, options: EvaluateOptions, dist: DistInfo, settings: dict[str, Any], started: str,
+            previous: dict[str, Any] | None) -> tuple[list[Classifier], list[torch.memory_format], dict[str, Any]]:
+    """The classifiers loaded on the device in their chosen memory formats, and run.json's record."""
+    device = dist.device
+    if request.support.note:
+        log.warning("--precision %s: %s", request.precision, request.support.note)
+    if device.type == "cpu":
+        # 1.5x CPU throughput: no page-faulting of activations on every batch (see runtime.steady_heap)
+        steady_heap()
+    classifiers = load_classifiers(request.specs, options, device)
+    chosen = None
+    if dist.is_main:  # rank 0 times (or a resumed run keeps) the formats, for every rank
+        chosen = choose_formats(classifiers, options, device,
+                                ((previous or {}).get("options") or {}).get("memory_formats"))
+    chosen = distributed.broadcast_object(chosen)
+    formats = apply_formats(classifiers, chosen)
+    info = _run_info(options, settings, classifiers, request.data, device, started, previous)
+    info["options"].update(decode=options.decode, precision=request.precision,
+                           precision_note=request.support.note, memory_formats=chosen,
+                           world_size=dist.world_size)
+    if options.decode == "gpu":  # what the device applies instead of each PIL transform (fails early)
+        transforms, slot = distinct_transforms(classifiers)
+        tensor_steps = tensor_preprocesses(transforms, classifiers, slot)
+        info["options"]["tensor_preprocess"] = {c.name: tensor_steps[s].describe() for c, s in zip(classifiers, slot)}
+    return classifiers, formats, info
+
+
+def predict_datasets(data: Sequence[ImageDataset], classifiers: Sequence[Classifier], store: RunStore,
+                     options: EvaluateOptions, dist: DistInfo, formats: Sequence[torch.memory_format],
+                     ) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]], SkipLog]:
+    """Every dataset's predictions into the store (each rank its share); notes, throughput and the skip log."""
+    skips = SkipLog(store.root / "skipped.jsonl", rank=dist.rank if dist.distributed else None)
+    notes: dict[str, list[str]] = {}
+    throughput: dict[str, dict[str, Any]] = {}
+    try:
+        for ds in data:
+            notes[ds.name] = run_dataset(ds, classifiers, store, skips, options, dist.device, throughput, dist,
+                                         formats)
+    except KeyboardInterrupt:
+        log.warning("interrupted: run the same command again to continue where it stopped")
+        raise
     finally:
-        lock.release()
-        if owns_group and dist.distributed:
-            distributed.cleanup()
-    return EvaluationResult(store.root, metrics, data, [c.name for c in classifiers],
-                            [c.name for c in classifiers if not c.pretrained], info["options"], dist.is_main)
+        skips.close()
+    return notes, throughput, skips
+
+
+def finish(store: RunStore, data: Sequence[ImageDataset], classifiers: Sequence[Classifier], skips: SkipLog,
+           notes: dict[str, list[str]], info: dict[str, Any], throughput: dict[str, dict[str, Any]],
+           dist: DistInfo) -> dict[str, Any]:
+    """Rank 0 folds the skips and writes metrics.json and run.json's end; every rank gets the metrics."""
+    distributed.barrier()  # every rank's parts and skips are written
+    metrics = None
+    if dist.is_main:
+        skips.fold()
+        metrics = compute_metrics(store, data, classifiers, skips, notes)
+        store.write_json("metrics.json", metrics)
+        # images/s of this invocation's prediction loops (decode + preprocess + forward + writes)
+        info.update(end_time=now_iso(), status="complete", throughput=throughput)
+        store.write_json("run.json", info)
+    return distributed.broadcast_object(metrics)
 
 
 def compute_metrics(
