@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipcompare.cli.common import add_model_args, ensure_out_dir, int_at_least, model_specs
 from clipcompare.models.spec import DEFAULT_MODELS
+
+if TYPE_CHECKING:  # the command imports torch and the tasks when it runs, so --help stays light
+    from clipcompare.evaluation import EvaluationResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,13 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
 
     from clipcompare.architecture import build_report
-    from clipcompare.cli.evaluate_cmd import format_summary, summary_rows
     from clipcompare.cli.inspect_cmd import render
-    from clipcompare.data.base import DatasetSpec
-    from clipcompare.data.photos import SAMPLE_PHOTOS, write_domains, write_photos
-    from clipcompare.evaluation import EvaluateOptions, evaluate, resolve_device
-    from clipcompare.precision import PrecisionConfig, save_report
-    from clipcompare.precision import evaluate as precision_evaluate
+    from clipcompare.data.photos import SAMPLE_PHOTOS, write_photos
+    from clipcompare.evaluation import resolve_device
     from clipcompare.report import build_report as build_html_report
     from clipcompare.report import write_html
 
@@ -64,16 +64,9 @@ def _run(args: argparse.Namespace) -> int:
     random |= _classify(specs, photos, paths, device)
     clock.lap()
 
-    data = write_domains(args.out / "data", classed, args.views)
-    n = len(classed) * args.views
-    print(f"\n== 3. Evaluation (clipcompare evaluate): {n} images of {len(classed)} ImageNet classes as photo, "
-          f"sketch (Canny edges) and art (posterised) ==")
-    result = evaluate(
-        specs, [DatasetSpec("folder", folder, name=domain) for domain, folder in data.items()],
-        EvaluateOptions(out=args.out / "evaluate", device=str(device), templates="single", allow_random=True,
-                        workers=0, command=("clipcompare", "demo")),
-    )
-    print(format_summary(result.metrics, summary_rows(result.metrics), result.out))
+    print(f"\n== 3. Evaluation (clipcompare evaluate): {len(classed) * args.views} images of {len(classed)} ImageNet "
+          "classes as photo, sketch (Canny edges) and art (posterised) ==")
+    result = _evaluate(args, specs, device, classed)
     random |= set(result.random_weights)
     clock.lap()
 
@@ -84,17 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 
     print("\n== 4. Precision (clipcompare precision): fp32 vs bf16" + (" vs fp16" if device.type == "cuda" else "")
           + ", batch 1 and 4 ==")
-    config = PrecisionConfig(
-        dtypes=("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"), batch_sizes=(1, 4),
-        device=device.type, labels=tuple(p.wnid for p in classed), images=args.out / "photos", max_images=4,
-        warmup=1, min_runs=3, min_time_s=0.2, max_time_s=2.0,
-    )
-    precision = precision_evaluate(specs, config, out_dir=args.out / "precision", allow_random=True)
-    save_report(precision, args.out / "precision")
-    from clipcompare.cli.precision_cmd import format_report
-
-    print(format_report(precision))
-    random |= {m["model"] for m in precision["models"] if not m["pretrained"]}
+    random |= _precision(args.out, specs, device, classed)
     clock.lap()
 
     print("\n== 5. Robustness (clipcompare robustness): the demo's models among 1,677 published ones ==")
@@ -113,6 +96,40 @@ def _run(args: argparse.Namespace) -> int:
     print("open the report (self-contained, works offline):")
     print(report)
     return 0
+
+
+def _evaluate(args: argparse.Namespace, specs, device, classed) -> EvaluationResult:
+    """Step 3: the classed photos as three domains (photo, sketch, art), evaluated; the summary printed."""
+    from clipcompare.cli.evaluate_cmd import format_summary, summary_rows
+    from clipcompare.data.base import DatasetSpec
+    from clipcompare.data.photos import write_domains
+    from clipcompare.evaluation import EvaluateOptions, evaluate
+
+    data = write_domains(args.out / "data", classed, args.views)
+    result = evaluate(
+        specs, [DatasetSpec("folder", folder, name=domain) for domain, folder in data.items()],
+        EvaluateOptions(out=args.out / "evaluate", device=str(device), templates="single", allow_random=True,
+                        workers=0, command=("clipcompare", "demo")),
+    )
+    print(format_summary(result.metrics, summary_rows(result.metrics), result.out))
+    return result
+
+
+def _precision(out: Path, specs, device, classed) -> set[str]:
+    """Step 4: fp32 vs bf16 (and fp16 on CUDA) on four photos, saved and printed; the models with random weights."""
+    from clipcompare.cli.precision_cmd import format_report
+    from clipcompare.precision import PrecisionConfig, save_report
+    from clipcompare.precision import evaluate as precision_evaluate
+
+    config = PrecisionConfig(
+        dtypes=("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"), batch_sizes=(1, 4),
+        device=device.type, labels=tuple(p.wnid for p in classed), images=out / "photos", max_images=4,
+        warmup=1, min_runs=3, min_time_s=0.2, max_time_s=2.0,
+    )
+    precision = precision_evaluate(specs, config, out_dir=out / "precision", allow_random=True)
+    save_report(precision, out / "precision")
+    print(format_report(precision))
+    return {m["model"] for m in precision["models"] if not m["pretrained"]}
 
 
 def _explain(evaluate_dir: Path, specs, device) -> None:
