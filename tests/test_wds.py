@@ -255,6 +255,20 @@ def test_retrieval_wds_equals_captions_file(exported, tmp_path, capsys):
     err = _one_line_error(["evaluate", "-m", CLIP, "-d", f"wds={tmp_path / 'wds'}", "--out", str(tmp_path / "r"),
                            "--allow-random"], capsys)
     assert "use clipcompare retrieval --wds" in err
+    # --val-size/--seed draw from the shards as from any source; --on (a COCO split) is refused
+    from clipcompare.data.coco import load_wds_captions
+
+    whole = load_wds_captions(tmp_path / "wds").test
+    drawn = load_wds_captions(tmp_path / "wds", val_size=4, seed=3).test
+    assert list(drawn.paths) == [whole.paths[i] for i in np.random.default_rng(3).permutation(6)[:4]]
+    assert [drawn.captions[drawn.paths.index(p)] for p in drawn.paths] == [
+        whole.captions[whole.paths.index(p)] for p in drawn.paths]
+    assert main(["retrieval", "--wds", str(tmp_path / "wds"), "--val-size", "4", "--seed", "3", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["images"] == 4
+    assert "pass a smaller --val-size" in _one_line_error(["retrieval", "--wds", str(tmp_path / "wds"),
+                                                          "--val-size", "7", *common], capsys)
+    assert "--on picks a COCO split" in _one_line_error(["retrieval", "--wds", str(tmp_path / "wds"), "--on", "val",
+                                                        *common], capsys)
 
 
 def test_dataset_argument_split_suffix():

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--on", choices=("val", "test"), default=None,
                    help="which split to evaluate (default: test for karpathy, val otherwise)")
     p.add_argument("--val-size", type=int_at_least(1), metavar="N",
-                   help="images to evaluate (seeded draw; default: 4000 for seed, the whole split otherwise)")
+                   help="images to evaluate (seeded draw; default: 4000 for seed, the whole split otherwise, --wds too)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw (default 0)")
     p.add_argument("--short-captions", choices=("drop", "cycle"), default="drop",
                    help="images with fewer than 5 captions: drop them (default, keeps Recall@K comparable "
@@ -75,8 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
         if args.coco is not None or args.captions is not None:
             raise UserError("--wds reads a webdataset: give it without --coco or --captions")
+        if args.on is not None:
+            raise UserError("--on picks a COCO split; with --wds name the webdataset's split with --split")
         on = "test"
-        splits = load_wds_captions(args.wds, split=args.split or "test", short_captions=args.short_captions)
+        splits = load_wds_captions(args.wds, split=args.split or "test", short_captions=args.short_captions,
+                                   val_size=args.val_size, seed=args.seed)
     else:
         split = args.split or "seed"
         on = args.on or ("test" if split.startswith("karpathy") and args.captions is None else "val")

@@ -161,9 +161,11 @@ def load_caption_splits(
     raise UserError(f"--split {split!r}: expected 'seed' or 'karpathy=FILE'")
 
 
-def load_wds_captions(path: str | Path, split: str = "test", short_captions: str = "drop") -> CaptionSplits:
-    """A CLIP_benchmark retrieval webdataset (:mod:`clipcompare.data.wds`) as the ``test`` split, in shard
-    order; each sample's captions (its ``.txt``, one per line) get the 5-caption policy above."""
+def load_wds_captions(path: str | Path, split: str = "test", short_captions: str = "drop",
+                      val_size: int | None = None, seed: int = 0) -> CaptionSplits:
+    """A CLIP_benchmark retrieval webdataset (:mod:`clipcompare.data.wds`) as the ``test`` split: every sample
+    in shard order, or ``val_size`` of them drawn with ``seed`` as the other sources draw; each sample's
+    captions (its ``.txt``, one per line) get the 5-caption policy above."""
     from clipcompare.data.wds import read_wds_captions
 
     if short_captions not in SHORT_CAPTION_POLICIES:
@@ -174,14 +176,20 @@ def load_wds_captions(path: str | Path, split: str = "test", short_captions: str
     kept, counts = _apply_policy(entries, short_captions)
     if not kept:
         raise UserError(_none_left(f"webdataset {wds.root} split {split!r}", len(entries), counts, short_captions))
-    description = _description("wds", 0, short_captions)
-    description.update(wds=str(wds.root), wds_split=wds.split, draw="every sample, in shard order",
+    if val_size is not None and val_size > len(kept):
+        raise UserError(f"--val-size {val_size}: webdataset {wds.root} split {split!r} has {len(kept)} samples with "
+                        f"{CAPTIONS_PER_IMAGE} captions; pass a smaller --val-size")
+    # the draw keys are the shard order, as the other sources' are their file order
+    picks = kept if val_size is None else _draw(kept, seed)[:val_size]
+    description = _description("wds", seed, short_captions)
+    description.update(wds=str(wds.root), wds_split=wds.split,
+                       draw="every sample, in shard order" if val_size is None else description["draw"],
                        missing_images="samples without an image are skipped and counted at load time")
-    description["splits"]["test"] = {"source": str(wds.root / wds.split), "asked": None, "candidates": len(kept),
-                                     "drawn": len(kept), "got": len(kept), "missing_images": wds.unreadable,
+    description["splits"]["test"] = {"source": str(wds.root / wds.split), "asked": val_size, "candidates": len(kept),
+                                     "drawn": len(picks), "got": len(picks), "missing_images": wds.unreadable,
                                      "missing_examples": [], **counts}
-    images = CaptionedImages("test", wds.root, tuple(e.path for e in kept), tuple(tuple(e.captions) for e in kept),
-                             tuple(e.image_id for e in kept), reader=wds.reader)
+    images = CaptionedImages("test", wds.root, tuple(e.path for e in picks), tuple(tuple(e.captions) for e in picks),
+                             tuple(e.image_id for e in picks), reader=wds.reader)
     return CaptionSplits(None, None, description, images)
 
 
