@@ -313,3 +313,27 @@ def test_report_of_a_saved_map_shows_its_table_and_plots(tmp_path, capsys):
     # the run has no ObjectNet point: only its shifts (and the average) are drawn
     titles = [b.title for b in section.blocks if b.kind == "figure"]
     assert titles[:4] == ["ImageNet-V2", "ImageNet-Sketch", "ImageNet-R", "ImageNet-A"] and len(titles) == 5
+
+
+def test_a_run_of_a_landmark_model_is_labelled_once_as_yours(monkeypatch):
+    """A run named like a published landmark (clip:RN50@openai) is labelled as the run, and the landmark
+    circle and label go to the published row only."""
+    import clipcompare.robustness.plots as plots
+
+    view = {"label": "ImageNet-Sketch", "fit": None, "points": [
+        {"model": "clip:RN50@openai", "group": "your runs", "id_top1": 25.0, "ood_top1": 25.0,
+         "random_weights": True, "run": "/r"},
+        {"model": "clip:RN50@openai", "group": "zero-shot", "id_top1": 59.8, "ood_top1": 35.4},
+        {"model": "timm:resnet50.tv_in1k", "group": "standard", "id_top1": 76.2, "ood_top1": 24.1},
+    ]}
+    seen: list[tuple[str, float]] = []
+    place = plots.place_labels
+
+    def spy(ax, labels):
+        seen.extend((text, point["id_top1"]) for point, text, _ in labels)
+        return place(ax, labels)
+
+    monkeypatch.setattr(plots, "place_labels", spy)
+    assert plots.view_figure(view).startswith(b"\x89PNG")
+    assert sorted(seen) == [("clip:RN50@openai", 59.8), ("clip:RN50@openai (random)", 25.0),
+                            ("timm:resnet50.tv_in1k", 76.2)]

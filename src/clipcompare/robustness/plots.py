@@ -82,7 +82,8 @@ def view_figure(view: dict[str, Any], transform: str = "logit", title: str | Non
                        marker="X" if random else "*", c="#c0392b" if not random else "#7d3c98",
                        edgecolors="black", linewidths=0.6, zorder=5,
                        label="your models" + (" (random weights)" if random else ""))
-    marks = [p for p in placed if p["model"] in LANDMARKS]
+    # the published landmarks only: a run of the same model is labelled above, as yours
+    marks = [p for p in placed if p["model"] in LANDMARKS and p["group"] != YOUR_RUNS]
     ax.scatter([p["id_top1"] for p in marks], [p["ood_top1"] for p in marks], s=45, facecolors="none",
                edgecolors="black", linewidths=1.0, zorder=4)
     ax.set_xlim(lo, hi)
