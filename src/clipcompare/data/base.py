@@ -71,9 +71,9 @@ class ImageDataset:
     def open_image(self, path: str) -> Any:
         """Sample ``path`` (as stored in the predictions) decoded as evaluate decodes it: its file under
         root or its bytes from the reader (tar shards), RGB, the border cropped; a PIL image."""
-        from clipcompare.data.decode import decode_cropped
+        from clipcompare.data.decode import decode_cropped, sample_source
 
-        return decode_cropped(self.root / path if self.reader is None else self.reader.open(path), self.border)
+        return decode_cropped(sample_source(self.root, path, self.reader), self.border)
 
     @property
     def classes_present(self) -> int:

@@ -70,6 +70,11 @@ class SampleReader(Protocol):
         ...
 
 
+def sample_source(root: Path, path: str, reader: SampleReader | None) -> "Path | BinaryIO":
+    """What PIL opens for sample ``path``: its file under ``root``, or its bytes from ``reader`` (tar shards)."""
+    return root / path if reader is None else reader.open(path)
+
+
 def decode_cropped(path: "Path | BinaryIO", border: int = 0) -> Image.Image:
     """One image as every model of a run sees it before its transform: RGB, ``border`` pixels cropped
     from every side (ObjectNet's frame)."""
@@ -109,7 +114,7 @@ class DecodedImages(torch.utils.data.Dataset):
 
     def source(self, i: int) -> "Path | BinaryIO":
         """What PIL opens for item ``i``: its file, or its bytes from the reader."""
-        return self.root / self.paths[i] if self.reader is None else self.reader.open(self.paths[i])
+        return sample_source(self.root, self.paths[i], self.reader)
 
     def __getitem__(self, i: int) -> Item:
         try:

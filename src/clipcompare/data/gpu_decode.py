@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clipcompare.data.decode import Batch, DecodedImages, Transform, decode_and_transform
+from clipcompare.data.decode import Batch, DecodedImages, Transform, decode_and_transform, sample_source
 from clipcompare.data.tensor_preprocess import TensorPreprocess
 from clipcompare.errors import UserError
 
@@ -189,8 +189,8 @@ class DeviceDecoder:
         for slot in slots:
             pos = int(raw.positions[slot])
             try:
-                source = self.root / self.paths[pos] if self.reader is None else self.reader.open(self.paths[pos])
-                outs.append(decode_and_transform(source, self.transforms))
+                outs.append(decode_and_transform(sample_source(self.root, self.paths[pos], self.reader),
+                                                 self.transforms))
                 ok.append(slot)
                 self.fallbacks["rejected by the device decoder"] += 1
             except Exception as exc:  # noqa: BLE001 - reported as a skip, like the CPU path
