@@ -582,7 +582,7 @@ def test_explain_run_checks_the_boxes_before_loading_any_model(tmp_path, monkeyp
 
 def test_a_runs_dataset_is_read_again_as_evaluate_read_it(tmp_path, caplog):
     from clipcompare.data import build_dataset, parse_dataset_arg
-    from clipcompare.evaluation.galleries import run_dataset
+    from clipcompare.evaluation.galleries import dataset_of_run
     from test_objectnet import make_objectnet
 
     root, plain = make_objectnet(tmp_path)
@@ -592,7 +592,7 @@ def test_a_runs_dataset_is_read_again_as_evaluate_read_it(tmp_path, caplog):
     # as evaluate records it: the scanned root (ObjectNet's images/ folder)
     (run / "run.json").write_text(json.dumps({"datasets": [
         {"name": "objectnet", "kind": "objectnet", "root": str(scanned.root.resolve())}]}))
-    source = run_dataset(run, "objectnet")
+    source = dataset_of_run(run, "objectnet")
     key = scanned.samples[0].path
     folder, name = key.split("/")
     unframed = np.asarray(Image.open(plain / folder.replace("_", " ") / name).convert("RGB"))
@@ -601,14 +601,14 @@ def test_a_runs_dataset_is_read_again_as_evaluate_read_it(tmp_path, caplog):
     assert source.classes(flat).imagenet_groups == scanned.classes.imagenet_groups is not None
     # the release moved its mappings away: the image file as it is, the predictions' classes
     (root / "objectnet-1.0" / "mappings").rename(tmp_path / "gone")
-    moved = run_dataset(run, "objectnet")
+    moved = dataset_of_run(run, "objectnet")
     assert np.asarray(moved.open(key)).shape == (unframed.shape[0] + 2, unframed.shape[1] + 2, 3)
     assert moved.classes(flat) is flat and "cannot be read again" in caplog.text
 
 
 def test_a_wds_runs_images_open_from_their_shards(tmp_path):
     from clipcompare.data import build_dataset, parse_dataset_arg
-    from clipcompare.evaluation.galleries import run_dataset
+    from clipcompare.evaluation.galleries import dataset_of_run
     from test_wds import CLASSES, TEMPLATES, export_folder
 
     folder = tmp_path / "folder"
@@ -618,7 +618,7 @@ def test_a_wds_runs_images_open_from_their_shards(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text(json.dumps({"datasets": [
         {"name": "wds", "kind": "wds", "root": str(scanned.root.resolve()), "option": None}]}))
-    source = run_dataset(tmp_path / "run", "wds")
+    source = dataset_of_run(tmp_path / "run", "wds")
     for sample, c in zip(scanned.samples, CLASSES):  # keys such as 0.tar/s0000000: no file under root
         assert not (source.root / sample.path).is_file()
         expected = np.asarray(Image.open(folder / c / "x.png").convert("RGB"))

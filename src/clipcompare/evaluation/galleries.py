@@ -22,7 +22,7 @@ from clipcompare.evaluation.metrics import top_column, top_matrix
 from clipcompare.rundir import GALLERY_PER_CLASS, GALLERY_SEED, GALLERY_TOTAL
 
 __all__ = ["GALLERY_PER_CLASS", "GALLERY_SEED", "GALLERY_TOTAL", "DatasetGallery", "RunDataset", "gallery_images",
-           "pick_gallery", "run_dataset"]
+           "dataset_of_run", "pick_gallery"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class RunDataset:
         return ds.classes if ds is not None and ds.classes.names == fallback.names else fallback
 
 
-def run_dataset(run_dir: Path, name: str, root: Path | None = None) -> RunDataset:
+def dataset_of_run(run_dir: Path, name: str, root: Path | None = None) -> RunDataset:
     """Dataset ``name`` of the evaluate run in ``run_dir``, from its run.json entry (kind, root, option)."""
     try:
         run = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
@@ -111,21 +111,17 @@ class DatasetGallery:
     root: Path
     classes: list[str]
     imagenet_indices: list[int] | None
+    source: RunDataset  # where its images and classes come from (the files under root, when it cannot be rebuilt)
     items: list[tuple[str, Path, int]] = field(default_factory=list)
-    source: RunDataset | None = None  # where its images and classes come from
 
     def class_set(self) -> ClassSet:
         """The classes its predictions index: the run's dataset's own ClassSet, else rebuilt from the names."""
         names = ClassSet(tuple(self.classes), tuple(self.imagenet_indices) if self.imagenet_indices is not None else None)
-        return self.source.classes(names) if self.source is not None else names
+        return self.source.classes(names)
 
     def open(self, key: str) -> Any:
         """The image stored under ``key``, as a PIL image."""
-        if self.source is not None:
-            return self.source.open(key)
-        from clipcompare.data.decode import load_rgb
-
-        return load_rgb(self.root / key)
+        return self.source.open(key)
 
 
 def gallery_images(run_dir: Path, per_class: int = GALLERY_PER_CLASS, total: int = GALLERY_TOTAL,
@@ -148,7 +144,7 @@ def gallery_images(run_dir: Path, per_class: int = GALLERY_PER_CLASS, total: int
         df = table.to_pandas()
         targets = df["target"].to_numpy(dtype=np.int64)
         gallery = DatasetGallery(name, Path(entry.get("root", "")), list(meta.get("classes", [])),
-                                 meta.get("imagenet_indices"), source=run_dataset(run_dir, name, entry.get("root")))
+                                 meta.get("imagenet_indices"), dataset_of_run(run_dir, name, entry.get("root")))
         chosen: set[int] = set()
         for comparison in entry.get("comparisons", []):
             a, b = comparison["models"]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from clipcompare.evaluation.galleries import RunDataset, pick_gallery, run_dataset
+from clipcompare.evaluation.galleries import RunDataset, dataset_of_run, pick_gallery
 from clipcompare.evaluation.metrics import (
     expected_calibration_error,
     prob_column,
@@ -126,7 +126,7 @@ def dataset_blocks(name: str, entry: dict[str, Any], path: Path, options: Report
     if indices is not None:
         blocks += severity_blocks(targets, tops, indices)
     blocks.append(confusion_table(entry, models, options.listed))
-    source = run_dataset(path.parent.parent, name, entry.get("root"))  # opens its images as evaluate did
+    source = dataset_of_run(path.parent.parent, name, entry.get("root"))  # opens its images as evaluate did
     result, explained = explained_images(path.parent.parent / EXPLAIN_DIR / name)
     if result is not None:
         from clipcompare.report.sections.explain import pointing_table
