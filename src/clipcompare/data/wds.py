@@ -196,7 +196,6 @@ def scan_shard(path: Path, small: frozenset[str] = _SMALL) -> list[ShardSample]:
         size = path.stat().st_size
         with path.open("rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             samples: dict[str, ShardSample] = {}
-            seen = 0
             for member in tar:
                 seen += 1
                 if not member.isfile():
@@ -414,11 +413,9 @@ def stands_for(root: Path, classes: ClassSet) -> str | None:
 
     kind = STANDS_FOR.get(set_name(root).lower())
     expected = {"imagenet-r": tuple(IMAGENET_R_INDICES), "imagenet-a": tuple(IMAGENET_A_INDICES)}
-    if kind in ("imagenet", "imagenet-v2", "imagenet-sketch"):
-        return kind if classes.imagenet_indices == tuple(range(1000)) else None
-    if kind in expected:
-        return kind if classes.imagenet_indices == expected[kind] else None
-    return None
+    if kind is None or classes.imagenet_indices != expected.get(kind, tuple(range(1000))):
+        return None
+    return kind
 
 
 @dataclass(frozen=True)
