@@ -385,15 +385,19 @@ def test_labels_that_are_no_integer_are_skipped_and_counted(tmp_path, capsys):
     wds = _hand_made(tmp_path / "wds", tmp_path)
     png = make_image(tmp_path / "c.png", seed=5).read_bytes()
     _write_shard(wds / "test" / "1.tar", [("k5.png", png), ("k5.cls", "²".encode()),
-                                          ("k6.png", png), ("k6.cls", b"--5"), ("k7.png", png), ("k7.cls", b"1")])
+                                          ("k6.png", png), ("k6.cls", b"--5"), ("k7.png", png), ("k7.cls", b"1"),
+                                          ("k8.png", png), ("k8.cls", "٣".encode()), ("k9.png", png),
+                                          ("k9.cls", b"+1"), ("ka.png", png), ("ka.cls", b"1_0")])
     (wds / "test" / "nshards.txt").write_text("2\n")
     result = evaluate([CLIP], [f"wds={wds}"], options(tmp_path / "run"))
     entry = result.metrics["datasets"]["wds"]
-    assert entry["n_files"] == 8 and entry["skipped"]["count"] == 5 and entry["n_images"] == 3
+    assert entry["n_files"] == 11 and entry["skipped"]["count"] == 8 and entry["n_images"] == 3
     skipped = {s["path"]: s["reason"] for s in map(json.loads, (tmp_path / "run" / "skipped.jsonl").read_text()
                                                    .splitlines())}
     assert "the .cls label '²' is not a class id" in skipped["test/1.tar/k5"]
     assert "the .cls label '--5' is not a class id" in skipped["test/1.tar/k6"]
+    # int() would read these three as class ids; only plain digits are
+    assert all("is not a class id" in skipped[f"test/1.tar/{k}"] for k in ("k8", "k9", "ka"))
     (wds / "test" / "nshards.txt").write_text("²\n")
     argv = ["evaluate", "-m", CLIP, "-d", f"wds={wds}", "--out", str(tmp_path / "run2"), "--allow-random"]
     assert "expected a number of shards >= 1, got '²'" in _one_line_error(argv, capsys)

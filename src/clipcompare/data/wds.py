@@ -122,10 +122,7 @@ def read_layout(root: Path, split: str = DEFAULT_SPLIT) -> WdsLayout:
             " (not a CLIP_benchmark webdataset: expected SPLIT/nshards.txt and SPLIT/0.tar …)"
         raise UserError(f"webdataset {root}: no {split}/nshards.txt{hint}")
     text = _read_text(nshards_file, "").strip()
-    try:
-        count = int(text) if text.isascii() else 0  # int() reads "²" or "٣"; a shard count is plain digits
-    except ValueError:
-        count = 0
+    count = _plain_int(text) or 0
     if count < 1:
         raise UserError(f"webdataset {nshards_file}: expected a number of shards >= 1, got {text[:40]!r}")
     shards = tuple(split_dir / f"{k}.tar" for k in range(count))
@@ -319,14 +316,14 @@ def wds_dataset(spec: DatasetSpec, limit_per_class: int | None) -> ImageDataset:
                 reason = "no .cls label in the sample"
             else:
                 text = s.small["cls"].decode("utf-8", "replace").strip()
-                try:
-                    target = int(text)
-                except ValueError:  # not a number ("²", "--5", "cat"): skipped and counted, as a sample without one
-                    target, reason = NO_LABEL, f"the .cls label {text[:20]!r} is not a class id"
+                label = _plain_int(text)
+                if label is None:  # not a number ("²", "--5", "cat"): skipped and counted, as a sample without one
+                    reason = f"the .cls label {text[:20]!r} is not a class id"
+                elif not 0 <= label < n:
+                    bad_labels.append(f"{path}.cls={text[:20]}")
+                    continue
                 else:
-                    if not 0 <= target < n:
-                        bad_labels.append(f"{path}.cls={text[:20]}")
-                        continue
+                    target = label
             if image is None:
                 reason = f"no image ({', '.join('.' + e for e in IMAGE_KEYS)}) in the sample"
             if limit_per_class is not None and target != NO_LABEL:
@@ -350,6 +347,15 @@ def wds_dataset(spec: DatasetSpec, limit_per_class: int | None) -> ImageDataset:
         notes += (f"{set_name(root)} is CLIP_benchmark's copy of {shift}: it counts as {shift} on the robustness map",)
     return ImageDataset(spec.name or spec.kind, spec.kind, root, classes, tuple(samples), notes,
                         reader=ShardReader(layout.shards, index), stands_for=shift, option=layout.split)
+
+
+_PLAIN_INT = re.compile(r"-?[0-9]+")
+
+
+def _plain_int(text: str) -> int | None:
+    """``text`` as an integer when it is plain ASCII digits (with a minus); int() alone also takes "٣", "+3",
+    "1_0" and surrounding spaces, which no exporter writes."""
+    return int(text) if _PLAIN_INT.fullmatch(text) else None
 
 
 def _class_set(layout: WdsLayout) -> ClassSet:
