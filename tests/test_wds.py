@@ -269,6 +269,8 @@ def test_retrieval_wds_equals_captions_file(exported, tmp_path, capsys):
                                                           "--val-size", "7", *common], capsys)
     assert "--on picks a COCO split" in _one_line_error(["retrieval", "--wds", str(tmp_path / "wds"), "--on", "val",
                                                         *common], capsys)
+    assert main(["retrieval", "--wds", str(tmp_path / "wds"), "--on", "test", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["images"] == 6
 
 
 def test_dataset_argument_split_suffix():

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.coco is not None or args.captions is not None:
             raise UserError("--wds reads a webdataset: give it without --coco or --captions")
-        if args.on is not None:
+        if args.on == "val":  # --on test is what --wds evaluates anyway
             raise UserError("--on picks a COCO split; with --wds name the webdataset's split with --split")
         on = "test"
         splits = load_wds_captions(args.wds, split=args.split or "test", short_captions=args.short_captions,
