@@ -7,7 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from clipcompare.data import DatasetSpec, build_dataset
+from clipcompare.errors import UserError
 from clipcompare.evaluation import EvaluateOptions, evaluate
 from clipcompare.imagenet.classes import IMAGENET_A_INDICES, IMAGENET_R_INDICES, imagenet_classes
 from helpers import make_image_folder
@@ -52,3 +55,23 @@ def test_run_json_rebuilds_every_dataset_kind(tmp_path, monkeypatch):
         assert again.samples == ds.samples and again.classes.key == ds.classes.key, ds.name
         assert again.border == ds.border and again.option == ds.option
     assert [s.path for s in next(d for d in result.datasets if d.kind == "wds").samples][0].startswith("train/")
+
+
+def test_a_folder_run_recorded_before_options_resumes(tmp_path, monkeypatch):
+    """Run directories written before run.json recorded a folder's mapping file ("option") still resume with
+    their original arguments; a different mapping is still refused (its classes differ)."""
+    folder = make_image_folder(tmp_path / "folder", ["a", "b"], per_class=1)
+    (tmp_path / "map.txt").write_text("a\tgoldfish\nb\ttench\n")
+    (tmp_path / "other.txt").write_text("a\ttench\nb\tgoldfish\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    options = EvaluateOptions(out=out, workers=0, templates="single", allow_random=True, progress=False,
+                              device="cpu")
+    evaluate([CLIP], [f"folder={folder}:map.txt"], options)
+    run = json.loads((out / "run.json").read_text())
+    for entry in run["settings"]["datasets"]:
+        del entry["option"]  # as an older clipcompare wrote it
+    (out / "run.json").write_text(json.dumps(run))
+    evaluate([CLIP], [f"folder={folder}:map.txt"], options)  # resumes: no UserError
+    with pytest.raises(UserError, match="different settings"):
+        evaluate([CLIP], [f"folder={folder}:other.txt"], options)

@@ -52,7 +52,7 @@ class RunStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {run_json}: {exc}") from None
         old = previous.get("settings")
-        if old != settings:
+        if old != _as_recorded_then(settings, old):
             raise UserError(
                 f"{self.root} holds a run with different settings ({_difference(old or {}, settings)}); "
                 "use a new --out, or the run's original arguments to resume it"
@@ -153,6 +153,22 @@ def _empty_table(models: Sequence[str], k: int) -> pa.Table:
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def _as_recorded_then(settings: dict[str, Any], old: Any) -> dict[str, Any]:
+    """``settings`` as a run directory made before "option" was recorded holds them: a folder dataset's
+    mapping file was not stored then (its ``classes`` key already says what the mapping did), so the
+    option of a folder is left out where the stored entry of the same dataset has none."""
+    if not isinstance(old, dict) or not isinstance(old.get("datasets"), list):
+        return settings
+    before = {d.get("name"): d for d in old["datasets"] if isinstance(d, dict)}
+    datasets = [
+        {k: v for k, v in d.items() if k != "option"}
+        if d.get("kind") == "folder" and "option" in d and "option" not in before.get(d.get("name"), {"option": 1})
+        else d
+        for d in settings.get("datasets", [])
+    ]
+    return {**settings, "datasets": datasets}
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
