@@ -245,7 +245,10 @@ def test_garbage_or_mismatched_file_is_one_line(hf_home, tmp_path, capsys):
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
     missing = tmp_path / "absent.pth"
-    for path, words in ((junk, "cannot read weights file"), (other, "does not match"), (missing, "not found")):
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    for path, words in ((junk, "cannot read weights file"), (other, "does not match"), (missing, "not found"),
+                        (empty, "the file is empty")):
         assert main(["classify", "--model", f"{SPEC}={path}", str(img)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and str(path) in err

@@ -24,7 +24,15 @@ from torch import nn
 from clipcompare.errors import MissingWeightsError, UserError
 from clipcompare.models.build_info import BuildInfo, LoadedModel, activation_names, square_size
 from clipcompare.models.spec import ModelSpec
-from clipcompare.models.weights import error_reason, fall_back_or_raise, hf_cached, hf_hub_offline, require_network
+from clipcompare.models.weights import (
+    check_weights_file,
+    error_reason,
+    fall_back_or_raise,
+    hf_cached,
+    hf_hub_offline,
+    quiet_warnings,
+    require_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +115,10 @@ def create_from_file(name: str, file: Path) -> nn.Module:
     file, one that is no weights file, and one of another model are each one line."""
     import timm
 
-    if not file.is_file():
-        raise UserError(f"weights file {file} not found")
+    check_weights_file(file)
     try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+        with quiet_warnings():  # torch's notes on the file go into the one line below, not onto stderr
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
     except RuntimeError as exc:
         # model.load_state_dict's strict check (after timm's filter_fn): the file holds another model
         if "Error(s) in loading state_dict" in str(exc) or "shape" in str(exc):

@@ -169,14 +169,20 @@ def quiet_warnings() -> Iterator[None]:
                 log.debug("while reading weights: %s: %s", w.category.__name__, w.message)
 
 
-def read_weights(path: Path) -> Any:
-    """What ``path`` holds (a state dict, a checkpoint dict, a TorchScript module), read without running
-    any pickled code; :class:`UserError` ``cannot read weights file PATH: REASON`` when it cannot be read."""
+def check_weights_file(path: Path) -> Path:
+    """``path`` when it is a non-empty file; else the one-line UserError every loader gives for it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"cannot read weights file {path}: the file is empty")
+    return path
+
+
+def read_weights(path: Path) -> Any:
+    """What ``path`` holds (a state dict, a checkpoint dict, a TorchScript module), read without running
+    any pickled code; :class:`UserError` ``cannot read weights file PATH: REASON`` when it cannot be read."""
+    path = check_weights_file(path)
     try:
         with quiet_warnings():
             if path.suffix == ".safetensors":
