@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -89,6 +90,12 @@ def read_inputs(paths: Sequence[Path]) -> tuple[list[Path], list[Image.Image], l
     if not kept:
         raise UserError(f"no readable image among {len(skipped)} files (first: {skipped[0][0]}: {skipped[0][1]})")
     return kept, images, skipped
+
+
+def skipped_note(skipped: Sequence[tuple[Any, str]]) -> str:
+    """The note a command prints for the unreadable images it skipped: how many, and the first with its reason."""
+    (first, reason), n = skipped[0], len(skipped)
+    return f"skipped {n} unreadable image{'s' if n > 1 else ''} (first: {first}: {reason})"
 
 
 @torch.inference_mode()

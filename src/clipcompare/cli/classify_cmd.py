@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from clipcompare.cache import default_cache_dir
     from clipcompare.classes import ClassSet
-    from clipcompare.classify import classify, read_inputs, results_to_dict
+    from clipcompare.classify import classify, read_inputs, results_to_dict, skipped_note
     from clipcompare.dtypes import DTYPES, dtype_support, parse_dtype
     from clipcompare.errors import UserError
     from clipcompare.evaluation import resolve_device
@@ -79,8 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     if support.note:
         notes.append(f"precision {precision}: {support.note}")
     if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
-                     f"(first: {skipped[0][0]}: {skipped[0][1]})")
+        notes.append(skipped_note(skipped))
     if args.json:
         print_json({"classes": len(classes), "templates": args.templates, "raw_cosine": args.raw_cosine,
                     "precision": precision, "results": results_to_dict(results), "notes": notes,

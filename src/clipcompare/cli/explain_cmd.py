@@ -90,7 +90,7 @@ def _load(args: argparse.Namespace, specs, templates: str, allow_random: bool):
 
 def _explain_images(args: argparse.Namespace) -> dict:
     from clipcompare.classes import ClassSet
-    from clipcompare.classify import read_inputs
+    from clipcompare.classify import read_inputs, skipped_note
     from clipcompare.cli.common import ensure_out_dir
     from clipcompare.errors import UserError
     from clipcompare.explain import ImageItem, explain
@@ -117,8 +117,7 @@ def _explain_images(args: argparse.Namespace) -> dict:
             raise UserError("no model can explain these classes: " + "; ".join(notes))
         notes += [f"{m.name}: random weights (its maps are meaningless)" for m in models if not m.pretrained]
         if skipped:
-            notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
-                         f"(first: {skipped[0][0]}: {skipped[0][1]})")
+            notes.append(skipped_note(skipped))
         extra = {"out": str(args.out), "notes": notes,
                  "skipped": [{"path": str(p), "reason": r} for p, r in skipped]}
         return explain(models, [ImageItem(p, im) for p, im in zip(paths, images)], classes, method=args.method,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcompare.classes import ClassSet
+from clipcompare.classify import skipped_note
 from clipcompare.errors import UserError
 from clipcompare.evaluation.galleries import GALLERY_PER_CLASS, GALLERY_TOTAL, DatasetGallery, gallery_images
 from clipcompare.explain.boxes import Box, NoBoxMatch, read_boxes
@@ -139,6 +140,5 @@ def explain_run(
         notes.append(f"the galleries of {plan.run_dir} hold no image (none that only one model gets right): "
                      "nothing to explain")
     if plan.skipped:
-        notes.append(f"skipped {len(plan.skipped)} unreadable image{'s' if len(plan.skipped) > 1 else ''} "
-                     f"(first: {plan.skipped[0]['path']}: {plan.skipped[0]['reason']})")
+        notes.append(skipped_note([(s["path"], s["reason"]) for s in plan.skipped]))
     return {"run": str(plan.run_dir), "out": str(out), "datasets": results, "notes": notes, "skipped": plan.skipped}
