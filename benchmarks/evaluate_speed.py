@@ -55,9 +55,10 @@ def _sync(device: torch.device) -> None:
 
 def input_size(clf) -> tuple[int, int]:
     """The (h, w) a model's preprocessing feeds it (its BuildInfo's crop; 224 when it records none)."""
+    from clipcompare.models.build_info import size_hw
+
     build = clf.loaded.build
-    crop = build.crop if build is not None else 224
-    return (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[-1]))
+    return size_hw(build.crop if build is not None else 224)
 
 
 def bare_images_per_s(classifiers, classes, n_images: int, batch: int, channels_last: bool,

@@ -16,14 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipcompare.models.build_info import BuildInfo
-
-
-def _pair(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
-    """(height, width) of a size given as n, [n] or [h, w]."""
-    if isinstance(size, (list, tuple)):
-        return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))
-    return int(size), int(size)
+from clipcompare.models.build_info import BuildInfo, size_hw
 
 
 def resized_size(height: int, width: int, resize: int | list[int], mode: str) -> tuple[int, int]:
@@ -33,7 +26,7 @@ def resized_size(height: int, width: int, resize: int | list[int], mode: str) ->
     ``shortest`` with [h, w] and ``longest`` are open_clip's ``ResizeKeepRatio`` (rounded); ``squash``
     resizes to the size as given.
     """
-    th, tw = _pair(resize)
+    th, tw = size_hw(resize)
     if mode == "squash":
         return th, tw
     if mode == "shortest" and th == tw:
@@ -71,7 +64,7 @@ class CropGeometry:
     @classmethod
     def from_build(cls, height: int, width: int, build: BuildInfo) -> CropGeometry:
         rh, rw = resized_size(height, width, build.resize, build.resize_mode)
-        ch, cw = _pair(build.crop) if build.crop else (rh, rw)
+        ch, cw = size_hw(build.crop) if build.crop else (rh, rw)
         if build.resize_mode == "squash" and (ch > rh or cw > rw):
             ch, cw = rh, rw  # a squash with no smaller crop is the resize alone
         # else a squash then a centre crop (timm crop_pct < 1 with crop_mode squash: 256x256, then 224)

@@ -66,6 +66,12 @@ def single_size(size: Any) -> int | list[int]:
     return int(size)
 
 
+def size_hw(size: Any) -> tuple[int, int]:
+    """(height, width) of a size given as n, [n] or [h, w] (BuildInfo's resize and crop)."""
+    value = single_size(size)
+    return (value, value) if isinstance(value, int) else (value[0], value[-1])
+
+
 def square_size(size: Any) -> int | list[int]:
     """A size as BuildInfo holds a square one: ``n`` for n, [n] and (n, n); else [h, w]."""
     value = single_size(size)
